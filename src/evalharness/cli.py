@@ -1,0 +1,99 @@
+"""`evalharness`: the one entry point. Subcommands: gsm8k (the main job)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from .config import UsageError, parse_max_bt, parse_modes
+from .verdict import EXIT_USAGE
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, like every other bad input
+        raise UsageError(message)
+
+
+def _positive_int(name):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise UsageError(f"{name}: {text!r} is not an integer")
+        if value <= 0:
+            raise UsageError(f"{name}: must be a positive integer, got {value}")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="evalharness", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    g = sub.add_parser("gsm8k", help="GSM8K through continuous batching per graph mode, with padded-eager twins")
+    g.add_argument("--model", help="local folder, hub id, or embedded GGUF model: smollm2-135m (default), "
+                                   "qwen2.5-coder-0.5b, gemma3-270m")
+    g.add_argument("--gguf-file", help="GGUF file inside --model's folder")
+    g.add_argument("--data", help="hub dataset id (default openai/gsm8k, config main, split test) or a local "
+                                  "JSONL/parquet file with question/answer fields")
+    g.add_argument("--fewshot-data", help="local file the few-shot examples come from (default: train.jsonl next to "
+                                          "--data)")
+    g.add_argument("--limit", type=_positive_int("--limit"), help="first N test rows (default: all)")
+    g.add_argument("--graphs", default="off,on,varlen,decode", help="modes: off,on,varlen,decode")
+    g.add_argument("--max-bt", default="384", help="max_batch_tokens: 384, a list 128,256 or a range 128:1024:128")
+    g.add_argument("--prompt", default="fewshot", choices=["fewshot", "cot", "chat"])
+    g.add_argument("--fewshot", type=int, help="number of shots (default 5 for fewshot, 8 for cot)")
+    g.add_argument("--max-new-tokens", type=_positive_int("--max-new-tokens"), default=256)
+    g.add_argument("--attn", default="sdpa", choices=["sdpa", "eager", "torch-flash", "flash_attention_2",
+                                                      "flash_attention_3"])
+    g.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32", "auto"])
+    g.add_argument("--out", type=Path, help="report folder (default reports/<timestamp>-gsm8k/)")
+    g.add_argument("--inject", action="append", default=[], metavar="MODE=FAULT",
+                   help="inject a fault into one mode's worker: pre45323, coarse-key, perturb, abort, hang")
+    g.add_argument("--alpha", type=float, default=0.05, help="McNemar significance level for ACCURACY_DROP")
+    g.add_argument("--min-drop", type=float, default=0.02, help="smallest accuracy drop vs off that counts")
+    g.add_argument("--filter", help="lm-eval filter that decides `correct` (default strict-match; flexible-extract "
+                                    "for chat)")
+    g.add_argument("--timeout-s", type=float, help="per-run timeout (default sized from the workload)")
+    g.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
+    g.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def cmd_gsm8k(args, argv) -> int:
+    from .pipeline import Settings, evaluate
+
+    if not 0 < args.alpha < 1:
+        raise UsageError("--alpha must be between 0 and 1")
+    s = Settings(model=args.model, gguf_file=args.gguf_file, data=args.data, fewshot_data=args.fewshot_data,
+                 limit=args.limit, modes=parse_modes(args.graphs), max_bts=parse_max_bt(args.max_bt),
+                 prompt=args.prompt, fewshot=args.fewshot, max_new_tokens=args.max_new_tokens, attn=args.attn,
+                 dtype=args.dtype, out=args.out, inject=args.inject, alpha=args.alpha, min_drop=args.min_drop,
+                 filter=args.filter, timeout_s=args.timeout_s, trust_remote_code=args.trust_remote_code,
+                 progress=not args.no_progress, command="evalharness " + shlex.join(argv))
+    ev = evaluate(s)
+    for o in ev.outcomes:
+        print(f"max_bt={o.max_bt:<5} {o.mode:<7} {o.verdict:<13} acc={o.accuracy:.3f} "
+              f"twin_mismatches={o.twin_mismatches if o.twin_mismatches is not None else '-'} "
+              f"failed={o.failed_requests}  {o.reason}")
+    print(f"report: {ev.out / 'report.md'}")
+    return ev.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = build_parser().parse_args(argv)
+        return {"gsm8k": cmd_gsm8k}[args.command](args, argv)
+    except UsageError as e:
+        print(f"evalharness: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("evalharness: interrupted; finished runs are kept in the output folder (run again with the same "
+              "--out to resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""The engine seam: `run_engine(job) -> RunResult`, each job in its own worker process.
+
+Everything that touches torch, CUDA or transformers' CB engine happens in `worker.py`, in a child process: a CUDA
+illegal memory access kills that process's CUDA context, and a segfault or abort kills the process, so one config
+per process is the only way a crash loses no other result. This module starts the worker, draws its progress bar,
+enforces the timeout, and turns whatever the worker left behind (results.jsonl, meta.json, its log, its exit
+status) into a `RunResult`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import EngineConfig
+from ..results import RunResult, Sample, atomic_write_json, read_jsonl
+
+# error text -> error class, first match wins (checked against sample errors and the worker's log)
+ERROR_CLASSES = (
+    ("illegal memory access", "cuda_illegal_memory_access"),
+    ("CUBLAS_STATUS", "cublas_failure"),
+    ("out of memory", "oom"),
+    ("device-side assert", "cuda_device_assert"),
+    ("CUDA error", "cuda_error"),
+)
+
+
+def classify(text: str) -> str | None:
+    for needle, name in ERROR_CLASSES:
+        if needle.lower() in text.lower():
+            return name
+    return None
+
+
+@dataclass
+class Job:
+    key: str
+    engine: EngineConfig
+    model: dict
+    prompts: list[str]
+    max_new_tokens: int
+    job_dir: Path
+    chat: bool = False
+    timeout_s: float = 600.0
+    python: str = field(default_factory=lambda: sys.executable)
+    label: str = ""
+
+    def spec(self) -> dict:
+        return {"engine": dataclasses.asdict(self.engine), "model": self.model, "prompts": self.prompts,
+                "max_new_tokens": self.max_new_tokens, "chat": self.chat, "timeout_s": self.timeout_s}
+
+
+def _tail(path: Path, n: int = 20) -> list[str]:
+    if not path.exists():
+        return []
+    lines = path.read_text(errors="replace").splitlines()
+    return [line[:400] for line in lines[-n:]]
+
+
+def _worker_env() -> dict:
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[2])  # so an engine interpreter without the package finds it
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_engine(job: Job, progress: bool = True) -> RunResult:
+    """Run one job in a fresh worker process and collect what it left behind. Never raises for engine failures."""
+    from tqdm import tqdm
+
+    job.job_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("results.jsonl", "meta.json"):
+        (job.job_dir / stale).unlink(missing_ok=True)
+    atomic_write_json(job.job_dir / "job.json", job.spec())
+    log_path = job.job_dir / "worker.log"
+    bar = tqdm(total=len(job.prompts), desc=job.label or job.key, unit="req", disable=not progress, leave=True,
+               dynamic_ncols=True)
+    t0 = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([job.python, "-m", "evalharness.engine.worker", str(job.job_dir)],
+                                stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True,
+                                env=_worker_env(), start_new_session=True)
+
+        def pump():
+            for line in proc.stdout:
+                parts = line.split()
+                if len(parts) == 3 and parts[0] == "PROGRESS":
+                    bar.n = int(parts[1])
+                    bar.refresh()
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        timed_out = False
+        try:
+            proc.wait(timeout=job.timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        reader.join(timeout=5)
+    bar.close()
+    wall = time.perf_counter() - t0
+    return collect(job, proc.returncode, timed_out, wall)
+
+
+def collect(job: Job, returncode: int, timed_out: bool, wall_s: float) -> RunResult:
+    meta_path, results_path = job.job_dir / "meta.json", job.job_dir / "results.jsonl"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta["wall_s"] = wall_s
+    by_index: dict[int, dict] = {}
+    if results_path.exists():
+        for row in read_jsonl(results_path):
+            by_index[row["index"]] = row
+    samples = []
+    for i in range(len(job.prompts)):
+        row = by_index.get(i)
+        if row is None:
+            samples.append(Sample(index=i, status="missing"))
+        else:
+            samples.append(Sample(index=i, status=row["status"], token_ids=row["token_ids"], text=row["text"],
+                                  error=row.get("error")))
+    tail = _tail(job.job_dir / "worker.log")
+    failed_errors = " ".join(s.error or "" for s in samples if s.status == "failed")
+    log_text = "\n".join(tail) + " " + failed_errors + " " + str(meta.get("error", ""))
+    status, error_class, error = "ok", None, None
+    if meta.get("status") == "unsupported":
+        status, error = "unsupported", meta.get("reason")
+    elif timed_out:
+        status, error_class, error = "timeout", "hang", f"no result after the {job.timeout_s:.0f} s timeout"
+    elif meta.get("status") == "error":
+        status, error = "error", meta.get("error")
+        error_class = classify(log_text) or f"{meta.get('phase', 'worker')}_error"
+    elif returncode != 0 or meta.get("status") != "done":
+        status = "crash"
+        if returncode is not None and returncode < 0:
+            name = signal.Signals(-returncode).name
+            error_class, error = classify(log_text) or name.lower(), f"worker killed by {name}"
+        else:
+            error_class, error = classify(log_text) or "worker_exit", f"worker exited with status {returncode}"
+    elif any(s.status != "ok" for s in samples):
+        status = "failed_requests"
+        error_class = classify(log_text) or "failed_requests"
+        first = next(s for s in samples if s.status != "ok")
+        error = first.error or f"request {first.index} {first.status}"
+    if meta.get("error") and status == "failed_requests":
+        error = meta["error"]
+    return RunResult(key=job.key, status=status, samples=samples, error_class=error_class,
+                     error=error, log_tail=tail if status != "ok" else [], meta=meta)

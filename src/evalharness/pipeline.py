@@ -1,0 +1,217 @@
+"""The data flow of one `evalharness gsm8k` run: settings -> task and plan -> engine runs -> scores -> verdicts ->
+reports. Engine runs are cached in the output folder by a hash of everything that determines them, so a re-run
+with the same folder recomputes only what is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import data as data_mod
+from . import models
+from .config import REFERENCE_MODE, Capabilities, Plan, parse_injections, plan_runs
+from .engine import Job, run_engine
+from .report import write_markdown
+from .results import RunResult, atomic_write_json, atomic_write_jsonl
+from .tasks import PROMPTS, GSM8KTask
+from .verdict import ModeOutcome, Thresholds, decide, exit_code
+
+
+@dataclass
+class Settings:
+    model: str | None = None
+    gguf_file: str | None = None
+    data: str | None = None
+    fewshot_data: str | None = None
+    limit: int | None = None
+    modes: list[str] = field(default_factory=lambda: ["off", "on", "varlen", "decode"])
+    max_bts: list[int] = field(default_factory=lambda: [384])
+    prompt: str = "fewshot"
+    fewshot: int | None = None
+    max_new_tokens: int = 256
+    attn: str = "sdpa"
+    dtype: str = "bf16"
+    out: Path | None = None
+    inject: list[str] = field(default_factory=list)
+    alpha: float = 0.05
+    min_drop: float = 0.02
+    filter: str | None = None
+    timeout_s: float | None = None
+    trust_remote_code: bool = False
+    progress: bool = True
+    command: str = ""
+
+
+def detect_cuda() -> bool:
+    import torch  # only to ask; the parent never allocates on the GPU
+
+    return torch.cuda.is_available()
+
+
+def default_timeout(n_prompts: int, max_new_tokens: int, cuda: bool) -> float:
+    """Generous: model load plus a slow per-token budget for the whole workload."""
+    per_token = 0.002 if cuda else 0.05
+    return 300.0 + n_prompts * max_new_tokens * per_token
+
+
+def workload_fingerprint(task: GSM8KTask, model: dict, s: Settings) -> str:
+    blob = json.dumps({"prompts": task.prompts, "model": model, "max_new_tokens": s.max_new_tokens,
+                       "chat": s.prompt == "chat"}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Evaluation:
+    settings: Settings
+    task: GSM8KTask
+    model: dict
+    plan: Plan
+    results: dict[str, RunResult]
+    correct: dict[str, list[bool]]
+    scored: dict[str, list]
+    outcomes: list[ModeOutcome]
+    summary: dict
+    out: Path
+
+    @property
+    def exit_code(self) -> int:
+        return exit_code(self.outcomes)
+
+
+def prepare(s: Settings):
+    """Everything that can fail on bad input, before any engine runs (each failure is a UsageError)."""
+    injections = parse_injections(s.inject, s.modes)
+    # only lm-eval's plain gsm8k samples its shots from the train split; gsm8k-cot ships its 8 exemplars
+    shots = (s.fewshot if s.fewshot is not None else PROMPTS["fewshot"][1]) if s.prompt == "fewshot" else 0
+    source = data_mod.resolve(s.data, s.fewshot_data, shots)
+    task = GSM8KTask(source, style=s.prompt, num_fewshot=s.fewshot, limit=s.limit, primary_filter=s.filter)
+    model = models.resolve(s.model, s.gguf_file, s.dtype, s.trust_remote_code)
+    return source, task, model, injections
+
+
+def evaluate(s: Settings) -> Evaluation:
+    source, task, model, injections = prepare(s)
+    caps = Capabilities(cuda=detect_cuda(), attn=s.attn)
+    plan = plan_runs(s.modes, s.max_bts, caps, injections)
+    out = s.out or Path("reports") / f"{time.strftime('%Y%m%d-%H%M%S')}-gsm8k"
+    out.mkdir(parents=True, exist_ok=True)
+    fingerprint = workload_fingerprint(task, model, s)
+    timeout = s.timeout_s or default_timeout(len(task.prompts), s.max_new_tokens, caps.cuda)
+
+    results: dict[str, RunResult] = {}
+    for key, cfg in plan.runs.items():
+        job_key = hashlib.sha256(f"{fingerprint}/{key}".encode()).hexdigest()[:16]
+        job_dir = out / "runs" / job_key
+        cached = job_dir / "result.json"
+        if cached.exists():
+            results[key] = RunResult.from_json(json.loads(cached.read_text()))
+            continue
+        label = f"[{', '.join(plan.served_by(key))}] {cfg.describe()}"
+        job = Job(key=key, engine=cfg, model={k: v for k, v in model.items() if k != "label"}, prompts=task.prompts,
+                  max_new_tokens=s.max_new_tokens, job_dir=job_dir, chat=s.prompt == "chat", timeout_s=timeout,
+                  label=label)
+        result = run_engine(job, progress=s.progress)
+        if result.status not in ("crash", "timeout"):  # a crash is retried on the next run of the same folder
+            atomic_write_json(cached, result.to_json())
+        results[key] = result
+
+    scored = {key: task.score([smp.text for smp in r.samples]) for key, r in results.items()}
+    correct = {key: [sc.correct[task.primary_filter] and smp.status == "ok" for sc, smp in zip(rows, results[key]
+               .samples)] for key, rows in scored.items()}
+    outcomes = []
+    for mp in plan.modes:
+        off = next((p for p in plan.modes if p.mode == REFERENCE_MODE and p.max_bt == mp.max_bt), None)
+        outcomes.append(decide(mp, results[mp.run], results[mp.twin] if mp.twin else None, correct[mp.run],
+                               results[off.run] if off else None, correct[off.run] if off else None,
+                               Thresholds(s.alpha, s.min_drop)))
+    summary = build_summary(s, task, source.label, model, plan, results, outcomes)
+    ev = Evaluation(s, task, model, plan, results, correct, scored, outcomes, summary, out)
+    write_reports(ev)
+    return ev
+
+
+def _run_figures(r: RunResult) -> dict:
+    gen_s = r.meta.get("generate_s")
+    tokens = r.generated_tokens
+    done = sum(smp.status == "ok" for smp in r.samples)
+    return {"tokens_per_s": tokens / gen_s if gen_s else None, "samples_per_s": done / gen_s if gen_s else None,
+            "wall_s": gen_s, "peak_mem_gb": r.meta.get("peak_mem_gb"), "generated_tokens": tokens}
+
+
+def _cell(o: ModeOutcome, plan: Plan, results: dict[str, RunResult]) -> dict:
+    run = results[o.run_key]
+    served = f"served by run {o.run_key}"
+    if o.twin_key:
+        served += f", twin run {o.twin_key}" if o.twin_key != o.run_key else " (its own twin: same configuration)"
+    shared = [m for m in plan.served_by(o.run_key) if m != o.mode]
+    if shared:
+        served += f"; run shared with {', '.join(shared)}"
+    cell = {
+        "max_bt": o.max_bt, "mode": o.mode, "verdict": o.verdict, "reason": o.reason, "accuracy": o.accuracy,
+        "accuracy_ci": list(o.accuracy_ci) if o.accuracy_ci else None, "n": o.n, "correct": o.correct,
+        "twin_mismatches": o.twin_mismatches, "twin_compared": o.twin_compared, "failed_requests": o.failed_requests,
+        "twin_failed_requests": o.twin_failed_requests, "p_value": o.p_value, "delta_vs_off": o.delta_vs_off,
+        "inject": o.inject, "error_class": o.error_class, "run": o.run_key, "twin": o.twin_key, "served_by": served,
+        "notes": o.notes, "transformers": run.meta.get("versions", {}).get("transformers"),
+        "resolved_engine": run.meta.get("resolved", {}),
+        "first_mismatches": [{"index": m.index, "token": m.position} for m in
+                             (o.comparison.mismatches[:5] if o.comparison else [])],
+        "log_tail": run.log_tail[-5:],
+    }
+    cell.update({k: v for k, v in _run_figures(run).items() if k != "generated_tokens"})
+    return cell
+
+
+SEVERITY = {"FAIL": 4, "STALE_GRAPH": 3, "ACCURACY_DROP": 2, "PASS": 1, "SKIPPED": 0}
+
+
+def build_summary(s: Settings, task: GSM8KTask, data_label: str, model: dict, plan: Plan,
+                  results: dict[str, RunResult], outcomes: list[ModeOutcome]) -> dict:
+    cells = [_cell(o, plan, results) for o in outcomes]
+    modes: dict[str, dict] = {}
+    for c in cells:  # one max_bt: that cell; a sweep: the worst cell of the mode
+        if c["mode"] not in modes or SEVERITY[c["verdict"]] > SEVERITY[modes[c["mode"]]["verdict"]]:
+            modes[c["mode"]] = c
+    versions = next((r.meta["versions"] for r in results.values() if r.meta.get("versions")), {})
+    runs = {}
+    for key, cfg in plan.runs.items():
+        r = results[key]
+        runs[key] = {"config": cfg.describe(), "engine": dataclasses.asdict(cfg), "served": plan.served_by(key),
+                     "status": r.status, "error_class": r.error_class, "error": r.error,
+                     "resolved": r.meta.get("resolved", {}), "notes": r.meta.get("notes", []), **_run_figures(r)}
+    return {
+        "modes": modes, "cells": cells, "cells_by_id": {f"{c['max_bt']}/{c['mode']}": c for c in cells},
+        "max_bt": s.max_bts[0], "max_bts": s.max_bts, "model": model["label"], "data": data_label,
+        "n": len(task.prompts), "prompt": f"{s.prompt}, {task.num_fewshot}-shot", "filter": task.primary_filter,
+        "attn": s.attn, "dtype": s.dtype, "max_new_tokens": s.max_new_tokens,
+        "thresholds": {"alpha": s.alpha, "min_drop": s.min_drop}, "versions": versions, "runs": runs,
+        "command": s.command, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "exit_code": exit_code(outcomes),
+    }
+
+
+def sample_rows(ev: Evaluation) -> list[dict]:
+    targets = ev.task.targets()
+    rows = []
+    for o in ev.outcomes:
+        for key, is_twin in ((o.run_key, False), (o.twin_key, True)):
+            if key is None:
+                continue
+            r, scored = ev.results[key], ev.scored[key]
+            for smp, sc in zip(r.samples, scored):
+                rows.append({"mode": o.mode, "max_bt": o.max_bt, "twin": is_twin, "run": key, "index": smp.index,
+                             "status": smp.status, "error": smp.error, "token_ids": smp.token_ids, "text": smp.text,
+                             "answer": sc.answers[ev.task.primary_filter], "answers": sc.answers,
+                             "correct": ev.correct[key][smp.index], "target": targets[smp.index]})
+    return rows
+
+
+def write_reports(ev: Evaluation) -> None:
+    atomic_write_jsonl(ev.out / "samples.jsonl", sample_rows(ev))
+    atomic_write_json(ev.out / "summary.json", ev.summary)
+    write_markdown(ev.out / "report.md", ev.summary, ev.outcomes)

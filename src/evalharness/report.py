@@ -1,0 +1,105 @@
+"""Reports: summary.json (the contract), samples.jsonl (every sample of every run a mode used), report.md.
+
+Model output and dataset text are untrusted: everything they contribute to Markdown is escaped (HTML entities and
+Markdown punctuation), and long text goes into <pre> blocks with HTML escaping, so no output can inject markup.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+from pathlib import Path
+
+from .results import atomic_write_text
+from .verdict import FINDINGS, ModeOutcome
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
+
+
+def md_escape(text: str) -> str:
+    """Escape text for a Markdown table cell or line: HTML entities, Markdown punctuation, no line breaks."""
+    text = html.escape(str(text), quote=False)
+    text = _MD_SPECIAL.sub(r"\\\1", text)
+    return text.replace("\r", " ").replace("\n", " ")
+
+
+def pre(text: str) -> str:
+    """A <pre> block whose content cannot close it or start markup."""
+    return "<pre>" + html.escape(str(text), quote=True) + "</pre>"
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
+
+
+def _num(x, fmt: str = "{:.1f}") -> str:
+    return "n/a" if x is None else fmt.format(x)
+
+
+def snippet_around(a: str, b: str, width: int = 80) -> tuple[str, str, int]:
+    """The two texts around their first differing character."""
+    i = next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    lo = max(0, i - width)
+    return ("…" if lo else "") + a[lo:i + width], ("…" if lo else "") + b[lo:i + width], i
+
+
+def markdown(summary: dict, outcomes: list[ModeOutcome], max_examples: int = 3) -> str:
+    v = summary.get("versions", {})
+    lines = [
+        "# evalharness GSM8K report",
+        "",
+        f"- model: {md_escape(summary['model'])}",
+        f"- data: {md_escape(summary['data'])}, {summary['n']} samples, prompt {md_escape(summary['prompt'])}",
+        f"- device: {md_escape(v.get('device', 'unknown'))}; torch {md_escape(v.get('torch', '?'))}, transformers "
+        f"{md_escape(v.get('transformers', '?'))}",
+        f"- attention: {md_escape(summary['attn'])}; max new tokens {summary['max_new_tokens']}; "
+        f"alpha {summary['thresholds']['alpha']}, min drop {summary['thresholds']['min_drop']}",
+        f"- command: `{md_escape(summary['command'])}`",
+        "",
+        "| max_bt | mode | verdict | accuracy % (95% CI) | delta vs off (p) | twin mismatches | failed | tok/s | "
+        "samples/s | wall s | peak GB |",
+        "|---:|---|---|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for o in outcomes:
+        cell = summary["cells_by_id"][f"{o.max_bt}/{o.mode}"]
+        ci = o.accuracy_ci
+        acc = f"{_pct(o.accuracy)} ({_pct(ci[0])}–{_pct(ci[1])})" if ci else "n/a"
+        delta = "—" if o.delta_vs_off is None else f"{100 * o.delta_vs_off:+.1f} (p={o.p_value:.3g})"
+        twin = "—" if o.twin_mismatches is None else f"{o.twin_mismatches}/{o.twin_compared}"
+        inject = f" [{md_escape(o.inject)}]" if o.inject else ""
+        lines.append(f"| {o.max_bt} | {o.mode}{inject} | **{o.verdict}** | {acc} | {delta} | {twin} | "
+                     f"{o.failed_requests} | {_num(cell['tokens_per_s'])} | {_num(cell['samples_per_s'], '{:.2f}')} | "
+                     f"{_num(cell['wall_s'])} | {_num(cell['peak_mem_gb'], '{:.2f}')} |")
+    lines += ["", "## Verdicts", ""]
+    for o in outcomes:
+        served = summary["cells_by_id"][f"{o.max_bt}/{o.mode}"]["served_by"]
+        lines.append(f"- max_bt {o.max_bt}, **{o.mode}**: {o.verdict}: {md_escape(o.reason)}. {md_escape(served)}")
+    fails = [o for o in outcomes if o.verdict == "FAIL"]
+    if fails:
+        lines += ["", "## FAIL details", "", "| max_bt | mode | error class | first line |", "|---:|---|---|---|"]
+        for o in fails:
+            lines.append(f"| {o.max_bt} | {o.mode} | {md_escape(o.error_class or '')} | {md_escape(o.reason)[:300]} |")
+    for o in outcomes:
+        if o.verdict not in FINDINGS or not o.comparison or not o.comparison.mismatches:
+            continue
+        lines += ["", f"## {o.mode} at max_bt {o.max_bt}: first mismatching samples", ""]
+        for m in o.comparison.mismatches[:max_examples]:
+            a, b, char = snippet_around(m.run_text, m.twin_text)
+            lines += [f"### sample {m.index}: first differing token {m.position} (graph run "
+                      f"{m.run_tokens[m.position:m.position + 1]} vs twin {m.twin_tokens[m.position:m.position + 1]}), "
+                      f"first differing character {char}", "", "graph run:", "", pre(a), "", "padded-eager twin:", "",
+                      pre(b), ""]
+    lines += ["", "## Runs", "", "| run | configuration | served | status | generated tokens | wall s |",
+              "|---|---|---|---|---:|---:|"]
+    for key, r in summary["runs"].items():
+        lines.append(f"| `{key}` | {md_escape(r['config'])} | {md_escape(', '.join(r['served']))} | {r['status']} | "
+                     f"{r['generated_tokens']} | {_num(r['wall_s'])} |")
+    lines += ["", "Verdicts: STALE_GRAPH = a graph run differs from its padded-eager twin (same padding, graphs off), "
+              "which it must reproduce bit for bit; ACCURACY_DROP = significant paired drop vs `off` (exact McNemar); "
+              "FAIL = crash, failed or missing requests; SKIPPED = not testable here (reason given).", ""]
+    return "\n".join(lines)
+
+
+def write_markdown(path: Path, summary: dict, outcomes: list[ModeOutcome]) -> None:
+    atomic_write_text(path, markdown(summary, outcomes))
