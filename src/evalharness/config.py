@@ -204,8 +204,7 @@ def plan_runs(modes: list[str], max_bts: list[int], caps: Capabilities,
             twin = EngineConfig(max_bt=bt, attn=caps.attn, cuda_graph=(False, False), force_padding=True,
                                 pad_seqlen_k=gv, use_async=use_async, fault=twin_fault)
             if any(eff):
-                run = EngineConfig(max_bt=bt, attn=caps.attn, cuda_graph=(gv, gd), pad_seqlen_k=gv,
-                                   use_async=use_async, fault=fault)
+                run = EngineConfig(max_bt=bt, attn=caps.attn, cuda_graph=(gv, gd), use_async=use_async, fault=fault)
             else:
                 run = dataclasses.replace(twin, fault=fault)
             plans.append(ModePlan(mode, bt, add(run), add(twin), fault, eff, notes))
