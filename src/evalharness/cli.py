@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--graphs", default="off,on,varlen,decode", help="modes: off,on,varlen,decode")
     g.add_argument("--max-bt", default="384", help="max_batch_tokens: 384, a list 128,256 or a range 128:1024:128")
     g.add_argument("--prompt", default="fewshot", choices=["fewshot", "cot", "chat"])
+    g.add_argument("--task", help="an lm-eval generate_until task instead of --prompt: one of ours "
+                                  "(evalharness_gsm8k, _cot, _chat, _platinum, each also _local; gsm8k is "
+                                  "evalharness_gsm8k) or any lm-eval task name")
     g.add_argument("--fewshot", type=int, help="number of shots (default 5 for fewshot, 8 for cot)")
     g.add_argument("--max-new-tokens", type=_positive_int("--max-new-tokens"), default=256)
     g.add_argument("--attn", default="sdpa", choices=["sdpa", "eager", "torch-flash", "flash_attention_2",
@@ -58,7 +61,27 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--timeout-s", type=float, help="per-run timeout (default sized from the workload)")
     g.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
     g.add_argument("--no-progress", action="store_true")
+    c = sub.add_parser("compare", help="paired comparison of two sample logs (lm-eval --log_samples or our "
+                                       "samples.jsonl): McNemar exact test, bootstrap CI, flipped samples")
+    c.add_argument("a", type=Path, help="reference samples file (A)")
+    c.add_argument("b", type=Path, help="samples file compared with it (B)")
+    c.add_argument("--filter", help="lm-eval filter (default strict-match if present)")
+    c.add_argument("--metric", default="exact_match", help="lm-eval per-sample metric (1 = correct)")
+    c.add_argument("--mode", default="off", help="samples.jsonl: graph mode to compare (default off)")
+    c.add_argument("--max-bt", type=int, help="samples.jsonl: max_bt, when the file holds a sweep")
+    c.add_argument("--json", action="store_true", help="print the comparison as JSON")
     return p
+
+
+def cmd_compare(args, argv) -> int:
+    import json
+
+    from . import logcompare
+
+    logs = [logcompare.load(f, args.filter, args.metric, args.mode, args.max_bt) for f in (args.a, args.b)]
+    result = logcompare.compare(*logs)
+    print(json.dumps(result.to_json(), indent=2) if args.json else logcompare.render(result))
+    return 0
 
 
 def cmd_gsm8k(args, argv) -> int:
@@ -71,6 +94,7 @@ def cmd_gsm8k(args, argv) -> int:
                  prompt=args.prompt, fewshot=args.fewshot, max_new_tokens=args.max_new_tokens, attn=args.attn,
                  dtype=args.dtype, out=args.out, inject=args.inject, alpha=args.alpha, min_drop=args.min_drop,
                  filter=args.filter, timeout_s=args.timeout_s, trust_remote_code=args.trust_remote_code,
+                 task=args.task,
                  progress=not args.no_progress, command="evalharness " + shlex.join(argv))
     ev = evaluate(s)
     for o in ev.outcomes:
@@ -85,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = build_parser().parse_args(argv)
-        return {"gsm8k": cmd_gsm8k}[args.command](args, argv)
+        return {"gsm8k": cmd_gsm8k, "compare": cmd_compare}[args.command](args, argv)
     except UsageError as e:
         print(f"evalharness: error: {e}", file=sys.stderr)
         return EXIT_USAGE

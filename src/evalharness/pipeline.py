@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import data as data_mod
 from . import models
-from .config import REFERENCE_MODE, Capabilities, Plan, parse_injections, plan_runs
+from .config import REFERENCE_MODE, Capabilities, Plan, UsageError, parse_injections, plan_runs
 from .engine import Job, run_engine
 from .report import write_markdown
 from .results import RunResult, atomic_write_json, atomic_write_jsonl
@@ -32,6 +32,7 @@ class Settings:
     modes: list[str] = field(default_factory=lambda: ["off", "on", "varlen", "decode"])
     max_bts: list[int] = field(default_factory=lambda: [384])
     prompt: str = "fewshot"
+    task: str | None = None  # a named lm-eval generate_until task (taskspec.py); its YAML fixes the prompt
     fewshot: int | None = None
     max_new_tokens: int = 256
     attn: str = "sdpa"
@@ -86,6 +87,15 @@ class Evaluation:
 def prepare(s: Settings):
     """Everything that can fail on bad input, before any engine runs (each failure is a UsageError)."""
     injections = parse_injections(s.inject, s.modes)
+    if s.task:
+        from .taskspec import TaskSpec
+
+        if s.prompt != "fewshot":
+            raise UsageError("--task and --prompt: give one (the task's YAML fixes its prompt)")
+        task = TaskSpec(s.task, data=s.data, fewshot_data=s.fewshot_data, num_fewshot=s.fewshot, limit=s.limit,
+                        primary_filter=s.filter)
+        s.prompt = task.style  # chat tasks get the model's chat template from the worker, as --prompt chat does
+        return task.source, task, models.resolve(s.model, s.gguf_file, s.dtype, s.trust_remote_code), injections
     # only lm-eval's plain gsm8k samples its shots from the train split; gsm8k-cot ships its 8 exemplars
     shots = (s.fewshot if s.fewshot is not None else PROMPTS["fewshot"][1]) if s.prompt == "fewshot" else 0
     source = data_mod.resolve(s.data, s.fewshot_data, shots)

@@ -1,0 +1,195 @@
+"""`--task NAME`: any lm-eval generate_until task, loaded by name through lm-eval's TaskManager.
+
+Names are looked up in our `lmtasks/` first (the GSM8K variants: `evalharness_gsm8k`, `_cot`, `_chat`, `_platinum`,
+each also `_local`), then among lm-eval's own tasks (indexing those takes ~10 s). `gsm8k` is the short form of
+`evalharness_gsm8k`. A `TaskSpec` has the interface of `GSM8KTask` (prompts, until, filters, primary_filter,
+instances, targets(), questions(), score(texts), cut(text), num_fewshot, style), so the pipeline treats both alike.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+from . import data as data_mod
+from .config import UsageError
+from .data import DataSource
+from .lmtasks import TASKS_DIR
+from .tasks import FEWSHOT_SEED, GSM8KTask, Scored, _load_task
+
+# style -> our task in lmtasks/ (hub data) that renders the same prompts as `--prompt STYLE`
+STYLE_TASKS = {"fewshot": "evalharness_gsm8k", "cot": "evalharness_gsm8k_cot", "chat": "evalharness_gsm8k_chat"}
+SHORT_NAMES = {"gsm8k": "evalharness_gsm8k"}
+REPO_ROOT = TASKS_DIR.parents[2]  # src/evalharness/lmtasks -> the checkout (only used to find relative data files)
+
+
+@functools.lru_cache(maxsize=2)
+def task_manager(include_defaults: bool):
+    """lm-eval's TaskManager over our lmtasks/ (plus lm-eval's own tasks when include_defaults)."""
+    from lm_eval.tasks import TaskManager
+
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    return TaskManager(include_path=str(TASKS_DIR), include_defaults=include_defaults)
+
+
+def our_tasks() -> list[str]:
+    return sorted(task_manager(False).all_subtasks)
+
+
+def task_config(name: str) -> dict:
+    """The full config of a named generate_until task (includes and `!function`s resolved)."""
+    from lm_eval.tasks._index import Kind
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    from .lmtasks._inherit import INCLUDE_KEY, merged_config
+
+    name = SHORT_NAMES.get(name, name)
+    tm = task_manager(False)
+    if name not in tm.task_index:
+        tm = task_manager(True)
+    entry = tm.task_index.get(name)
+    if entry is None:
+        raise UsageError(f"--task {name}: no such lm-eval task (ours: gsm8k, {', '.join(our_tasks())})")
+    if entry.kind not in (Kind.TASK, Kind.PY_TASK) or entry.yaml_path is None:
+        raise UsageError(f"--task {name}: an lm-eval {entry.kind.name.lower()}, not a single task; name one of its "
+                         "tasks")
+    cfg = load_yaml(entry.yaml_path, resolve_func=True)
+    if entry.kind == Kind.PY_TASK:
+        if INCLUDE_KEY not in cfg:
+            raise UsageError(f"--task {name}: a Python-defined lm-eval task; only YAML tasks are supported")
+        cfg = merged_config(cfg)
+    for key in ("tag", "group", "task_list"):
+        cfg.pop(key, None)
+    if cfg.get("output_type", "generate_until") != "generate_until":
+        raise UsageError(f"--task {name}: output_type {cfg.get('output_type')!r}; continuous batching runs "
+                         "generate_until tasks only")
+    if int(cfg.get("repeats") or 1) != 1:
+        raise UsageError(f"--task {name}: repeats={cfg['repeats']} (sampling); the harness decodes greedily once")
+    return cfg
+
+
+def harness_hints(cfg: dict) -> dict:
+    """`metadata: {evalharness: {style, primary_filter}}` in our YAMLs; {} for other tasks."""
+    meta = cfg.get("metadata") or {}
+    return dict(meta.get("evalharness") or {}) if isinstance(meta, dict) else {}
+
+
+def shots_from_split(cfg: dict, num_fewshot: int | None) -> int:
+    """How many shots a task draws from a data split (0 when its exemplars are fixed in the YAML)."""
+    shots = (cfg.get("num_fewshot") or 0) if num_fewshot is None else num_fewshot
+    return 0 if (cfg.get("fewshot_config") or {}).get("samples") else shots
+
+
+def localise_data_files(cfg: dict, name: str) -> dict:
+    """Relative data_files (as in our `_local` YAMLs) made absolute: against the working directory, as lm-eval does,
+    else against the repository root."""
+    kwargs = dict(cfg.get("dataset_kwargs") or {})
+    files = kwargs.get("data_files")
+    if not files:
+        return cfg
+
+    def fix(p):
+        path = Path(str(p)).expanduser()
+        if path.is_absolute() or "://" in str(p):
+            return str(p)
+        for base in (Path.cwd(), REPO_ROOT):
+            if (base / path).exists():
+                return str((base / path).resolve())
+        raise UsageError(f"--task {name}: data file {p} not found from the working directory or {REPO_ROOT} "
+                         "(run from the repository root, or pass --data FILE)")
+
+    if isinstance(files, dict):
+        kwargs["data_files"] = {k: [fix(x) for x in v] if isinstance(v, list) else fix(v) for k, v in files.items()}
+    elif isinstance(files, list):
+        kwargs["data_files"] = [fix(x) for x in files]
+    else:
+        kwargs["data_files"] = fix(files)
+    return {**cfg, "dataset_kwargs": kwargs}
+
+
+def source_of(cfg: dict, name: str) -> DataSource:
+    files = (cfg.get("dataset_kwargs") or {}).get("data_files")
+    split = cfg.get("test_split") or "test"
+    if isinstance(files, dict) and split in files:
+        label = f"{name}: {files[split]}"
+    else:
+        label = f"{name}: {cfg.get('dataset_path')}" + (f" ({cfg['dataset_name']}, {split})"
+                                                          if cfg.get("dataset_name") else f" ({split})")
+    return DataSource(dataset_path=cfg.get("dataset_path"), dataset_name=cfg.get("dataset_name"),
+                      dataset_kwargs=dict(cfg.get("dataset_kwargs") or {}), test_split=split,
+                      fewshot_split=cfg.get("fewshot_split"), label=label)
+
+
+class TaskSpec(GSM8KTask):
+    """A named lm-eval task's prompts for the first `limit` docs, and a scorer for responses to them.
+
+    `data`/`fewshot_data` (the --data/--fewshot-data strings) replace the task's data source, as for GSM8KTask.
+    """
+
+    def __init__(self, name: str, data: str | None = None, fewshot_data: str | None = None,
+                 num_fewshot: int | None = None, limit: int | None = None, primary_filter: str | None = None):
+        if limit is not None and limit <= 0:
+            raise UsageError("--limit must be a positive integer")
+        if num_fewshot is not None and num_fewshot < 0:
+            raise UsageError("--fewshot must be >= 0")
+        self.name = SHORT_NAMES.get(name, name)
+        cfg = task_config(self.name)
+        hints = harness_hints(cfg)
+        self.style = hints.get("style", "fewshot")
+        self.num_fewshot = (cfg.get("num_fewshot") or 0) if num_fewshot is None else num_fewshot
+        if self.style == "chat" and self.num_fewshot:
+            raise UsageError(f"--task {self.name} is zero-shot chat; drop --fewshot")
+        if data:
+            source = data_mod.resolve(data, fewshot_data, shots_from_split(cfg, num_fewshot))
+            cfg.update(source.task_overrides())
+            if not source.fewshot_split:
+                for key in ("training_split", "fewshot_split"):
+                    cfg.pop(key, None)
+        else:
+            cfg = localise_data_files(cfg, self.name)
+            source = source_of(cfg, self.name)
+        self.source = source
+        cfg["num_fewshot"] = self.num_fewshot
+        if self.num_fewshot == 0:
+            cfg.pop("fewshot_split", None)
+            cfg.pop("fewshot_config", None)
+        self.config = cfg
+        self.task = _load_task(cfg, source)
+        if hasattr(self.task, "set_fewshot_seed"):
+            self.task.set_fewshot_seed(seed=FEWSHOT_SEED)
+        self.task.build_all_requests(limit=limit, rank=0, world_size=1)
+        self.instances = sorted(self.task.instances, key=lambda inst: inst.doc_id)
+        if not self.instances:
+            raise UsageError(f"data {source.label}: no rows to evaluate")
+        self.prompts = [inst.args[0] for inst in self.instances]
+        self.until = list(self.instances[0].args[1].get("until", []))
+        self.filters = [f["name"] for f in cfg.get("filter_list") or []] or ["none"]
+        self.metric = next((m["metric"] for m in cfg.get("metric_list") or [] if isinstance(m.get("metric"), str)),
+                           "exact_match")
+        self.primary_filter = primary_filter or hints.get("primary_filter") or self.filters[0]
+        if self.primary_filter not in self.filters:
+            raise UsageError(f"--filter: {self.primary_filter!r} is not one of {', '.join(self.filters)}")
+
+    def questions(self) -> list[str]:
+        return [str(inst.doc.get("question", inst.args[0])) if isinstance(inst.doc, dict) else inst.args[0]
+                for inst in self.instances]
+
+    def score(self, texts: list[str]) -> list[Scored]:
+        """lm-eval's filters and the task's first metric (correct when it is 1) over one response per prompt."""
+        if len(texts) != len(self.instances):
+            raise ValueError(f"{len(texts)} responses for {len(self.instances)} prompts")
+        for inst, text in zip(self.instances, texts):
+            inst.resps = [self.cut(text)]
+            inst.filtered_resps = {}
+        self.task.apply_filters()
+        out = []
+        for inst in self.instances:
+            answers, correct = {}, {}
+            for name in self.filters:
+                resp = inst.filtered_resps[name]
+                metrics = self.task.process_results(inst.doc, [resp])
+                answers[name] = str(resp)
+                correct[name] = bool(float(metrics.get(self.metric, 0.0)) >= 1.0)
+            out.append(Scored(answers, correct))
+        return out
