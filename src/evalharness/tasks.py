@@ -7,6 +7,8 @@ filters and exact_match metric score the responses. Nothing here re-implements a
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,16 +61,19 @@ class GSM8KTask:
             raise UsageError("--limit must be a positive integer")
         cfg = lm_eval_task_config(style)
         cfg.update(source.task_overrides())
+        if not source.fewshot_split:  # a local test file without train rows: lm-eval must not look for a train split
+            cfg.pop("training_split", None)
         cfg["task"] = f"evalharness_gsm8k_{style}"
         cfg["num_fewshot"] = self.num_fewshot
         if self.num_fewshot == 0:
             cfg.pop("fewshot_split", None)
             cfg.pop("fewshot_config", None)
         self.config = cfg
-        self.task = _load_task(cfg, source)
-        if hasattr(self.task, "set_fewshot_seed"):
-            self.task.set_fewshot_seed(seed=FEWSHOT_SEED)
-        self.task.build_all_requests(limit=limit, rank=0, world_size=1)
+        with _quiet():
+            self.task = _load_task(cfg, source)
+            if hasattr(self.task, "set_fewshot_seed"):
+                self.task.set_fewshot_seed(seed=FEWSHOT_SEED)
+            self.task.build_all_requests(limit=limit, rank=0, world_size=1)
         self.instances = sorted(self.task.instances, key=lambda inst: inst.doc_id)
         if not self.instances:
             raise UsageError(f"data {source.label}: no rows to evaluate")
@@ -110,6 +115,26 @@ class GSM8KTask:
                 correct[name] = bool(metrics["exact_match"] >= 1.0)
             out.append(Scored(answers, correct))
         return out
+
+
+@contextlib.contextmanager
+def _quiet():
+    """No progress bars from datasets and lm-eval while the rows load and the prompts render: it takes a moment, and
+    a bad input that is found after it (a model folder without weights) must still print one error line only."""
+    import datasets
+    import lm_eval.api.task as lm_task
+
+    bars, lm_tqdm = datasets.is_progress_bar_enabled(), getattr(lm_task, "tqdm", None)
+    datasets.disable_progress_bars()
+    if lm_tqdm is not None:
+        lm_task.tqdm = functools.partial(lm_tqdm, disable=True)
+    try:
+        yield
+    finally:
+        if lm_tqdm is not None:
+            lm_task.tqdm = lm_tqdm
+        if bars:
+            datasets.enable_progress_bars()
 
 
 def _load_task(cfg: dict, source: DataSource):
