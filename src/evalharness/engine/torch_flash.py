@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 
-NAME = "torch_flash"  # contains "flash": transformers then treats it as a flash backend (no mask, no padding mask)
+NAME = "torch_varlen"  # no "flash" in it: transformers would then try to load a flash-attn kernel by that name
 
 
 def _varlen():
