@@ -60,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
                                     "for chat)")
     g.add_argument("--timeout-s", type=float, help="per-run timeout (default sized from the workload)")
     g.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
+    g.add_argument("--jobs", type=_positive_int("--jobs"), help="engine runs at a time, each its own worker process "
+                                                              "(default 1, or one per --devices entry)")
+    g.add_argument("--devices", help="GPUs for the workers, e.g. 0,1,2,3 (one worker per device unless --jobs is "
+                                     "larger, then shared round robin)")
+    g.add_argument("--cache", type=Path, help="engine-run cache folder (default OUT/runs); runs already there with the "
+                                              "same hash are reused, so invocations can share it")
+    g.add_argument("--engine", help="run the workers under another transformers build: a python interpreter, a venv, "
+                                    "or a folder holding the package (pip install --target DIR transformers==5.5.4)")
     g.add_argument("--no-progress", action="store_true")
     c = sub.add_parser("compare", help="paired comparison of two sample logs (lm-eval --log_samples or our "
                                        "samples.jsonl): McNemar exact test, bootstrap CI, flipped samples")
@@ -94,6 +102,8 @@ def cmd_gsm8k(args, argv) -> int:
                  prompt=args.prompt, fewshot=args.fewshot, max_new_tokens=args.max_new_tokens, attn=args.attn,
                  dtype=args.dtype, out=args.out, inject=args.inject, alpha=args.alpha, min_drop=args.min_drop,
                  filter=args.filter, timeout_s=args.timeout_s, trust_remote_code=args.trust_remote_code,
+                 engine=args.engine, cache=args.cache, jobs=args.jobs or 0,
+                 devices=[d.strip() for d in args.devices.split(',') if d.strip()] if args.devices else None,
                  task=args.task,
                  progress=not args.no_progress, command="evalharness " + shlex.join(argv))
     ev = evaluate(s)

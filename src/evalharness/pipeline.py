@@ -44,6 +44,10 @@ class Settings:
     filter: str | None = None
     timeout_s: float | None = None
     trust_remote_code: bool = False
+    jobs: int = 1  # engine runs at a time, each in its own worker process
+    devices: list[str] | None = None  # GPUs to spread workers over (CUDA_VISIBLE_DEVICES values)
+    cache: Path | None = None  # where engine runs are cached (default OUT/runs); share it between invocations
+    engine: str | None = None  # python interpreter, venv, or folder put first on PYTHONPATH (another transformers)
     progress: bool = True
     command: str = ""
 
@@ -54,6 +58,25 @@ def detect_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def engine_interpreter(engine: str | None) -> tuple[str, str | None]:
+    """--engine PATH: a python interpreter, a virtual environment, or a folder holding another transformers build
+    (put first on the workers' PYTHONPATH). Returns (python, extra PYTHONPATH)."""
+    import sys
+
+    if not engine:
+        return sys.executable, None
+    path = Path(engine).expanduser()
+    if path.is_file():
+        return str(path), None
+    if (path / "bin" / "python").exists():
+        return str(path / "bin" / "python"), None
+    if path.is_dir():
+        if not (path / "transformers").is_dir():
+            raise UsageError(f"--engine {engine}: folder holds no transformers package (pip install --target it)")
+        return sys.executable, str(path.resolve())
+    raise UsageError(f"--engine {engine}: not an interpreter, a virtual environment or a folder")
+
+
 def default_timeout(n_prompts: int, max_new_tokens: int, cuda: bool) -> float:
     """Generous: model load plus a slow per-token budget for the whole workload."""
     per_token = 0.002 if cuda else 0.05
@@ -62,7 +85,7 @@ def default_timeout(n_prompts: int, max_new_tokens: int, cuda: bool) -> float:
 
 def workload_fingerprint(task: GSM8KTask, model: dict, s: Settings) -> str:
     blob = json.dumps({"prompts": task.prompts, "model": model, "max_new_tokens": s.max_new_tokens,
-                       "chat": s.prompt == "chat"}, sort_keys=True)
+                       "chat": s.prompt == "chat", "engine": s.engine}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -107,28 +130,25 @@ def prepare(s: Settings):
 def evaluate(s: Settings) -> Evaluation:
     source, task, model, injections = prepare(s)
     caps = Capabilities(cuda=detect_cuda(), attn=s.attn)
+    if s.attn == "torch-flash" and not caps.cuda:
+        raise UsageError("--attn torch-flash needs a CUDA GPU (PyTorch's FlashAttention varlen kernel); use --attn "
+                         "sdpa on CPU")
+    python, pythonpath = engine_interpreter(s.engine)
     plan = plan_runs(s.modes, s.max_bts, caps, injections)
     out = s.out or Path("reports") / f"{time.strftime('%Y%m%d-%H%M%S')}-gsm8k"
     out.mkdir(parents=True, exist_ok=True)
     fingerprint = workload_fingerprint(task, model, s)
     timeout = s.timeout_s or default_timeout(len(task.prompts), s.max_new_tokens, caps.cuda)
 
-    results: dict[str, RunResult] = {}
+    jobs = []
     for key, cfg in plan.runs.items():
         job_key = hashlib.sha256(f"{fingerprint}/{key}".encode()).hexdigest()[:16]
-        job_dir = out / "runs" / job_key
-        cached = job_dir / "result.json"
-        if cached.exists():
-            results[key] = RunResult.from_json(json.loads(cached.read_text()))
-            continue
         label = f"[{', '.join(plan.served_by(key))}] {cfg.describe()}"
-        job = Job(key=key, engine=cfg, model={k: v for k, v in model.items() if k != "label"}, prompts=task.prompts,
-                  max_new_tokens=s.max_new_tokens, job_dir=job_dir, chat=s.prompt == "chat", timeout_s=timeout,
-                  label=label)
-        result = run_engine(job, progress=s.progress)
-        if result.status not in ("crash", "timeout"):  # a crash is retried on the next run of the same folder
-            atomic_write_json(cached, result.to_json())
-        results[key] = result
+        jobs.append(Job(key=key, engine=cfg, model={k: v for k, v in model.items() if k != "label"},
+                        prompts=task.prompts, max_new_tokens=s.max_new_tokens,
+                        job_dir=(s.cache or out / "runs") / job_key, chat=s.prompt == "chat", timeout_s=timeout,
+                        label=label, python=python, pythonpath=pythonpath))
+    results = run_jobs(jobs, workers=s.jobs, devices=s.devices, progress=s.progress)
 
     scored = {key: task.score([smp.text for smp in r.samples]) for key, r in results.items()}
     correct = {key: [sc.correct[task.primary_filter] and smp.status == "ok" for sc, smp in zip(rows, results[key]
@@ -143,6 +163,49 @@ def evaluate(s: Settings) -> Evaluation:
     ev = Evaluation(s, task, model, plan, results, correct, scored, outcomes, summary, out)
     write_reports(ev)
     return ev
+
+
+def run_job_cached(job: Job, progress: bool = True, retries: int = 1) -> RunResult:
+    """Run one job unless its folder already holds a finished result; a crashed worker is retried once in a fresh
+    one. Crashes, timeouts and worker errors are not cached, so the next run of the same folder retries them."""
+    cached = job.job_dir / "result.json"
+    if cached.exists():
+        return RunResult.from_json(json.loads(cached.read_text()))
+    result = run_engine(job, progress=progress)
+    attempts = 1
+    while result.status == "crash" and attempts <= retries:
+        attempts += 1
+        result = run_engine(job, progress=progress)
+    result.meta["attempts"] = attempts
+    if result.status in ("ok", "failed_requests", "unsupported"):
+        atomic_write_json(cached, result.to_json())
+    return result
+
+
+def run_jobs(jobs: list[Job], workers: int = 1, devices: list[str] | None = None,
+             progress: bool = True) -> dict[str, RunResult]:
+    """Run jobs, `workers` at a time (each a separate worker process); with `devices`, every worker gets one GPU
+    (CUDA_VISIBLE_DEVICES), round robin, so several workers may share a large GPU."""
+    import queue
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = max(1, workers or (len(devices) if devices else 1))
+    slots: queue.Queue = queue.Queue()
+    for i in range(workers):
+        slots.put(devices[i % len(devices)] if devices else None)
+
+    def one(job: Job) -> RunResult:
+        device = slots.get()
+        try:
+            job.cuda_device = device
+            return run_job_cached(job, progress=progress)
+        finally:
+            slots.put(device)
+
+    if workers == 1:
+        return {job.key: one(job) for job in jobs}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return dict(zip([j.key for j in jobs], pool.map(one, jobs)))
 
 
 def _run_figures(r: RunResult) -> dict:

@@ -51,6 +51,8 @@ class Job:
     chat: bool = False
     timeout_s: float = 600.0
     python: str = field(default_factory=lambda: sys.executable)
+    pythonpath: str | None = None  # folder put first on the worker's PYTHONPATH (another transformers build)
+    cuda_device: str | None = None  # CUDA_VISIBLE_DEVICES for the worker
     label: str = ""
 
     def spec(self) -> dict:
@@ -65,10 +67,13 @@ def _tail(path: Path, n: int = 20) -> list[str]:
     return [line[:400] for line in lines[-n:]]
 
 
-def _worker_env() -> dict:
+def _worker_env(extra_path: str | None = None, cuda_device: str | None = None) -> dict:
     env = dict(os.environ)
+    if cuda_device is not None:
+        env["CUDA_VISIBLE_DEVICES"] = cuda_device
     src = str(Path(__file__).resolve().parents[2])  # so an engine interpreter without the package finds it
-    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    paths = [p for p in (extra_path, src, env.get("PYTHONPATH")) if p]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -89,7 +94,7 @@ def run_engine(job: Job, progress: bool = True) -> RunResult:
     with open(log_path, "w") as log:
         proc = subprocess.Popen([job.python, "-m", "evalharness.engine.worker", str(job.job_dir)],
                                 stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True,
-                                env=_worker_env(), start_new_session=True)
+                                env=_worker_env(job.pythonpath, job.cuda_device), start_new_session=True)
 
         def pump():
             for line in proc.stdout:

@@ -63,7 +63,13 @@ def load_model(model: dict, attn: str):
     return lm, tokenizer
 
 
-def _cb_config(engine: dict, version: str):
+def workload_blocks(inputs: list[list[int]], max_new_tokens: int, block_size: int = 256) -> int:
+    """A KV cache that holds every request at once: sized from the workload, not from free memory, so a run and its
+    twin get the same cache (the padded KV read is capped by its size) and several workers can share one GPU."""
+    return sum(-(-(len(x) + max_new_tokens) // block_size) for x in inputs) + 16
+
+
+def _cb_config(engine: dict, version: str, num_blocks: int | None = None):
     """Build ContinuousBatchingConfig from the fields this transformers build has; report what it cannot express."""
     import dataclasses
 
@@ -78,6 +84,8 @@ def _cb_config(engine: dict, version: str):
         return None, (f"transformers {version} takes only a bool use_cuda_graph: graphs on one path only "
                       "(varlen or decode) cannot be expressed")
     kwargs["use_cuda_graph"] = (gv, gd) if tuple_ok else gv
+    if num_blocks and "num_blocks" in fields:
+        kwargs["num_blocks"] = num_blocks
     if engine.get("use_async") is not None and "use_async_batching" in fields:
         kwargs["use_async_batching"] = engine["use_async"]
     return ContinuousBatchingConfig(**kwargs), None
@@ -133,8 +141,8 @@ def _run(job_dir: Path, job: dict, meta: dict) -> int:
         meta["notes"] += patches.force_padding(engine.get("pad_seqlen_k"))
     patches.apply_engine_fault(engine.get("fault"))
 
-    cb_config, unsupported = _cb_config(engine, version)
-    if unsupported:
+    _, unsupported = _cb_config(engine, version)
+    if unsupported:  # before loading anything
         meta.update(status="unsupported", reason=unsupported)
         atomic_write_json(job_dir / "meta.json", meta)
         return 0
@@ -154,6 +162,7 @@ def _run(job_dir: Path, job: dict, meta: dict) -> int:
         inputs = [list(x["input_ids"]) if isinstance(x, dict) or hasattr(x, "keys") else list(x) for x in inputs]
     else:
         inputs = [tokenizer(p, add_special_tokens=job.get("add_special_tokens", True))["input_ids"] for p in prompts]
+    cb_config, _ = _cb_config(engine, version, workload_blocks(inputs, job["max_new_tokens"]))
     eos = tokenizer.eos_token_id
     gen_config = GenerationConfig(max_new_tokens=job["max_new_tokens"], do_sample=False,
                                   eos_token_id=eos if eos is not None else -1,
@@ -169,7 +178,10 @@ def _run(job_dir: Path, job: dict, meta: dict) -> int:
     out = results_path.open("a", encoding="utf-8")
 
     def add_requests(self, inputs, *args, **kwargs):
+        first = getattr(self, "_request_counter", 0)
         ids = original_add(self, inputs, *args, **kwargs)
+        if ids is None:  # transformers 5.5.x returns nothing; its ids are req_<counter>
+            ids = [f"req_{first + i}" for i in range(len(inputs))]
         id_to_index.update({rid: i for i, rid in enumerate(ids)})
         seen["manager"] = self
         return ids
