@@ -69,9 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         if proc.returncode not in (0, 1):
             sys.stderr.write(proc.stdout + proc.stderr)
             return proc.returncode or 1
-        results = [json.loads(f.read_text()) for f in sorted((out / "runs").glob("*/result.json"))]
+        results = [json.loads(f.read_text()) for f in sorted(out.glob("runs/*/result.json"))]
         if not results:
-            print("no engine run left a result (all reused from a cache?)", file=sys.stderr)
+            sys.stderr.write(proc.stdout + proc.stderr[-4000:])
+            print(f"evalharness exited {proc.returncode} and no engine run left a result", file=sys.stderr)
             return 1
         print(f"\n{'run':<14}{'status':<10}{'worker s':>10}{'load s':>9}{'generate s':>12}{'tokens':>8}  config")
         gen_sum = worker_sum = 0.0
