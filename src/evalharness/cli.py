@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .config import UsageError, parse_max_bt, parse_modes
+from .config import UsageError, parse_compile, parse_max_bt, parse_modes, parse_switch
 from .verdict import EXIT_USAGE
 
 
@@ -26,6 +26,32 @@ def _positive_int(name):
             raise UsageError(f"{name}: must be a positive integer, got {value}")
         return value
     return parse
+
+
+ATTNS = ("sdpa", "eager", "torch-flash", "flash_attention_2", "flash_attention_3")
+
+
+def parse_attns(text: str) -> list[str]:
+    attns = [a.strip() for a in text.split(",") if a.strip()]
+    bad = [a for a in attns if a not in ATTNS]
+    if not attns or bad:
+        raise UsageError(f"--attn: {text!r}: choose from {', '.join(ATTNS)}")
+    return list(dict.fromkeys(attns))
+
+
+def parse_engines(items: list[str]) -> dict[str, str | None]:
+    """[NAME=]PATH entries -> {name: path}; none -> this interpreter as 'default'."""
+    if not items:
+        return {"default": None}
+    out: dict[str, str | None] = {}
+    for i, item in enumerate(items):
+        name, sep, path = item.partition("=")
+        if not sep:
+            name, path = ("default" if len(items) == 1 else f"engine{i + 1}"), item
+        if not name or not path or name in out:
+            raise UsageError(f"--engine: {item!r} must be NAME=PATH with a unique NAME")
+        out[name] = path
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,8 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
                                   "evalharness_gsm8k) or any lm-eval task name")
     g.add_argument("--fewshot", type=int, help="number of shots (default 5 for fewshot, 8 for cot)")
     g.add_argument("--max-new-tokens", type=_positive_int("--max-new-tokens"), default=256)
-    g.add_argument("--attn", default="sdpa", choices=["sdpa", "eager", "torch-flash", "flash_attention_2",
-                                                      "flash_attention_3"])
+    g.add_argument("--attn", default="sdpa", help="attention backend(s), comma-separated (an axis): sdpa, eager, "
+                                                  "torch-flash, flash_attention_2, flash_attention_3")
+    g.add_argument("--async", dest="use_async", help="async batching axis: on, off or on,off (default: engine's "
+                                                     "choice)")
+    g.add_argument("--compile", help="default_compile_level axis, e.g. 0,1,2 (default: engine's choice)")
+    g.add_argument("--decode-fast-path", help="decode fast path axis (max_blocks_per_request): on, off or on,off")
     g.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32", "auto"])
     g.add_argument("--out", type=Path, help="report folder (default reports/<timestamp>-gsm8k/)")
     g.add_argument("--inject", action="append", default=[], metavar="MODE=FAULT",
@@ -66,8 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      "larger, then shared round robin)")
     g.add_argument("--cache", type=Path, help="engine-run cache folder (default OUT/runs); runs already there with the "
                                               "same hash are reused, so invocations can share it")
-    g.add_argument("--engine", help="run the workers under another transformers build: a python interpreter, a venv, "
-                                    "or a folder holding the package (pip install --target DIR transformers==5.5.4)")
+    g.add_argument("--engine", action="append", default=[], metavar="[NAME=]PATH",
+                   help="run the workers under a transformers build: a python interpreter, a venv, or a folder "
+                        "holding the package (pip install --target DIR transformers==5.5.4); repeat to compare "
+                        "engines side by side")
     g.add_argument("--no-progress", action="store_true")
     c = sub.add_parser("compare", help="paired comparison of two sample logs (lm-eval --log_samples or our "
                                        "samples.jsonl): McNemar exact test, bootstrap CI, flipped samples")
@@ -99,16 +131,22 @@ def cmd_gsm8k(args, argv) -> int:
         raise UsageError("--alpha must be between 0 and 1")
     s = Settings(model=args.model, gguf_file=args.gguf_file, data=args.data, fewshot_data=args.fewshot_data,
                  limit=args.limit, modes=parse_modes(args.graphs), max_bts=parse_max_bt(args.max_bt),
-                 prompt=args.prompt, fewshot=args.fewshot, max_new_tokens=args.max_new_tokens, attn=args.attn,
+                 prompt=args.prompt, fewshot=args.fewshot, max_new_tokens=args.max_new_tokens,
+                 attn=parse_attns(args.attn)[0],
                  dtype=args.dtype, out=args.out, inject=args.inject, alpha=args.alpha, min_drop=args.min_drop,
                  filter=args.filter, timeout_s=args.timeout_s, trust_remote_code=args.trust_remote_code,
-                 engine=args.engine, cache=args.cache, jobs=args.jobs or 0,
+                 engines=parse_engines(args.engine), attns=parse_attns(args.attn),
+                 asyncs=parse_switch(args.use_async, "--async"), compiles=parse_compile(args.compile),
+                 fast_paths=parse_switch(args.decode_fast_path, "--decode-fast-path"), cache=args.cache,
+                 jobs=args.jobs or 0,
                  devices=[d.strip() for d in args.devices.split(',') if d.strip()] if args.devices else None,
                  task=args.task,
                  progress=not args.no_progress, command="evalharness " + shlex.join(argv))
     ev = evaluate(s)
+    grouped = len({(o.engine, o.axes) for o in ev.outcomes}) > 1
     for o in ev.outcomes:
-        print(f"max_bt={o.max_bt:<5} {o.mode:<7} {o.verdict:<13} acc={o.accuracy:.3f} "
+        group = f"[{o.engine} {o.axes}] " if grouped else ""
+        print(f"{group}max_bt={o.max_bt:<5} {o.mode:<7} {o.verdict:<13} acc={o.accuracy:.3f} "
               f"twin_mismatches={o.twin_mismatches if o.twin_mismatches is not None else '-'} "
               f"failed={o.failed_requests}  {o.reason}")
     print(f"report: {ev.out / 'report.md'}")

@@ -83,17 +83,69 @@ def parse_max_bt(text: str) -> list[int]:
     return list(dict.fromkeys(values))
 
 
-def parse_injections(items: list[str] | None, modes: list[str]) -> dict[str, str]:
+def parse_injections(items: list[str] | None, modes: list[str], engines: list[str] | None = None) -> dict[str, str]:
+    """[ENGINE:]MODE=FAULT -> {"MODE" or "ENGINE:MODE": FAULT}; a fault without an engine applies to every engine."""
     out: dict[str, str] = {}
     for item in items or []:
-        mode, sep, fault = item.partition("=")
+        target, sep, fault = item.partition("=")
+        engine, _, mode = target.rpartition(":")
         if not sep or mode not in MODES or fault not in FAULTS:
-            raise UsageError(f"--inject: {item!r} must be MODE=FAULT with MODE in {','.join(MODES)} and FAULT in "
-                             f"{','.join(FAULTS)}")
+            raise UsageError(f"--inject: {item!r} must be [ENGINE:]MODE=FAULT with MODE in {','.join(MODES)} and "
+                             f"FAULT in {','.join(FAULTS)}")
         if mode not in modes:
             raise UsageError(f"--inject: mode {mode!r} is not among --graphs {','.join(modes)}")
-        out[mode] = fault
+        if engine and engine not in (engines or ["default"]):
+            raise UsageError(f"--inject: engine {engine!r} is not among --engine names")
+        out[target] = fault
     return out
+
+
+def parse_switch(text: str | None, name: str) -> list[bool | None]:
+    """'on,off' -> [True, False]; None -> [None] (engine default)."""
+    if text is None:
+        return [None]
+    values = {"on": True, "off": False}
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items or any(t not in values for t in items):
+        raise UsageError(f"{name}: {text!r} must be on, off or on,off")
+    return [values[t] for t in dict.fromkeys(items)]
+
+
+def parse_compile(text: str | None) -> list[int | None]:
+    if text is None:
+        return [None]
+    try:
+        levels = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        levels = []
+    if not levels or any(lv not in (0, 1, 2, 3) for lv in levels):
+        raise UsageError(f"--compile: {text!r} must be levels among 0,1,2,3 (transformers' default_compile_level)")
+    return list(dict.fromkeys(levels))
+
+
+@dataclass(frozen=True)
+class Axes:
+    """Engine knobs that are axes of the run matrix; None means the engine's own default."""
+
+    attn: str
+    use_async: bool | None = None
+    compile_level: int | None = None
+    decode_fast_path: bool | None = None
+
+    def label(self) -> str:
+        parts = [f"attn={self.attn}"]
+        if self.use_async is not None:
+            parts.append(f"async={'on' if self.use_async else 'off'}")
+        if self.compile_level is not None:
+            parts.append(f"compile={self.compile_level}")
+        if self.decode_fast_path is not None:
+            parts.append(f"decode_fast_path={'on' if self.decode_fast_path else 'off'}")
+        return " ".join(parts)
+
+
+def axes_matrix(attns: list[str], asyncs: list[bool | None], compiles: list[int | None],
+                fast_paths: list[bool | None]) -> list[Axes]:
+    return [Axes(a, u, c, f) for a in attns for u in asyncs for c in compiles for f in fast_paths]
 
 
 @dataclass(frozen=True)
@@ -105,7 +157,10 @@ class Capabilities:
 
     @property
     def decode_fast_path(self) -> bool:
-        return self.cuda and self.attn in DECODE_FAST_PATH_ATTN
+        return self.fast_path(Axes(self.attn))
+
+    def fast_path(self, axes: "Axes") -> bool:
+        return self.cuda and axes.attn in DECODE_FAST_PATH_ATTN and axes.decode_fast_path is not False
 
 
 @dataclass(frozen=True)
@@ -115,6 +170,9 @@ class EngineConfig:
     max_bt: int
     attn: str
     cuda_graph: tuple[bool, bool]
+    engine: str = "default"  # which transformers build (see --engine); its path is part of the job hash
+    compile_level: int | None = None  # ContinuousBatchingConfig.default_compile_level (None: engine default)
+    decode_fast_path: bool | None = None  # False: max_blocks_per_request=0 (None: engine default)
     force_padding: bool = False  # pad like a graph run even though graphs are off (the padded-eager twin)
     pad_seqlen_k: bool | None = None  # pad max_seqlen_k like a varlen graph run would (None: engine default)
     use_async: bool | None = None  # None: transformers decides
@@ -127,6 +185,12 @@ class EngineConfig:
     def describe(self) -> str:
         g = {v: k for k, v in MODES.items()}[tuple(self.cuda_graph)]
         parts = [f"graphs={g}", f"max_bt={self.max_bt}", f"attn={self.attn}"]
+        if self.engine != "default":
+            parts.insert(0, f"engine={self.engine}")
+        if self.compile_level is not None:
+            parts.append(f"compile={self.compile_level}")
+        if self.decode_fast_path is not None:
+            parts.append(f"decode_fast_path={'on' if self.decode_fast_path else 'off'}")
         if self.force_padding:
             parts.append("padded-eager")
         if self.pad_seqlen_k:
@@ -149,6 +213,21 @@ class ModePlan:
     fault: str | None
     graphs_effective: tuple[bool, bool]
     notes: list[str] = field(default_factory=list)
+    engine: str = "default"
+    axes: Axes | None = None
+
+    @property
+    def cell_id(self) -> str:
+        return cell_id(self.engine, self.max_bt, self.axes.label() if self.axes else "", self.mode)
+
+    @property
+    def group(self) -> tuple:
+        """Cells of one group share their `off` reference: same engine, max_bt and axes."""
+        return (self.engine, self.max_bt, self.axes)
+
+
+def cell_id(engine: str, max_bt: int, axes_label: str, mode: str) -> str:
+    return "/".join(p for p in (engine if engine != "default" else "", str(max_bt), axes_label, mode) if p)
 
 
 @dataclass
@@ -167,16 +246,20 @@ class Plan:
 
 
 def plan_runs(modes: list[str], max_bts: list[int], caps: Capabilities,
-              injections: dict[str, str] | None = None) -> Plan:
-    """Map each (max_bt, mode) to engine runs, deduplicating runs with the same effective configuration.
+              injections: dict[str, str] | None = None, engines: list[str] | None = None,
+              axes: list[Axes] | None = None) -> Plan:
+    """Map each (engine, max_bt, axes, mode) cell to engine runs, deduplicating runs with the same effective
+    configuration.
 
-    - `off` is graphs off with no padding: the accuracy reference.
+    - `off` is graphs off with no padding: the accuracy reference of its group (same engine, max_bt, axes).
     - A graph mode runs with graphs on where the device can capture them on that path; its twin is the same
       configuration with padding forced on and graphs off, which reproduces every launch constant of the graph run.
     - Where no path of a mode can capture a graph (no CUDA; `decode` without a decode fast path), the mode's run is
       its own padded-eager twin: computed once, and the mode is SKIPPED unless the two still differ (a fault).
     """
     injections = injections or {}
+    engines = engines or ["default"]
+    axes = axes or [Axes(caps.attn)]
     runs: dict[str, EngineConfig] = {}
     plans: list[ModePlan] = []
 
@@ -184,28 +267,37 @@ def plan_runs(modes: list[str], max_bts: list[int], caps: Capabilities,
         runs.setdefault(cfg.key(), cfg)
         return cfg.key()
 
-    for bt in max_bts:
-        for mode in modes:
-            gv, gd = MODES[mode]
-            fault = injections.get(mode)
-            if mode == REFERENCE_MODE:
-                key = add(EngineConfig(max_bt=bt, attn=caps.attn, cuda_graph=(False, False), fault=fault))
-                plans.append(ModePlan(mode, bt, key, None, fault, (False, False)))
-                continue
-            eff = (gv and caps.cuda, gd and caps.decode_fast_path)
-            notes = []
-            if not caps.cuda:
-                notes.append("CUDA is not available: transformers turns CUDA graphs off, so no graph is captured")
-            elif gd and not caps.decode_fast_path:
-                notes.append(f"attention {caps.attn!r} has no decode fast path: the decode path never captures a "
-                             "graph")
-            use_async = caps.cuda and any(eff) and caps.attn in FLASH_LIKE_ATTN
-            twin_fault = fault if fault and FAULTS[fault].patches_twin else None
-            twin = EngineConfig(max_bt=bt, attn=caps.attn, cuda_graph=(False, False), force_padding=True,
-                                pad_seqlen_k=gv, use_async=use_async, fault=twin_fault)
-            if any(eff):
-                run = EngineConfig(max_bt=bt, attn=caps.attn, cuda_graph=(gv, gd), use_async=use_async, fault=fault)
-            else:
-                run = dataclasses.replace(twin, fault=fault)
-            plans.append(ModePlan(mode, bt, add(run), add(twin), fault, eff, notes))
+    for engine in engines:
+        for ax in axes:
+            base = dict(attn=ax.attn, engine=engine, compile_level=ax.compile_level,
+                        decode_fast_path=ax.decode_fast_path)
+            fast_path = caps.fast_path(ax)
+            for bt in max_bts:
+                for mode in modes:
+                    gv, gd = MODES[mode]
+                    fault = injections.get(f"{engine}:{mode}", injections.get(mode))
+                    if mode == REFERENCE_MODE:
+                        key = add(EngineConfig(max_bt=bt, cuda_graph=(False, False), use_async=ax.use_async,
+                                               fault=fault, **base))
+                        plans.append(ModePlan(mode, bt, key, None, fault, (False, False), [], engine, ax))
+                        continue
+                    eff = (gv and caps.cuda, gd and fast_path)
+                    notes = []
+                    if not caps.cuda:
+                        notes.append("CUDA is not available: transformers turns CUDA graphs off, so no graph is "
+                                     "captured")
+                    elif gd and not fast_path:
+                        notes.append(f"attention {ax.attn!r} has no decode fast path here: the decode path never "
+                                     "captures a graph")
+                    use_async = ax.use_async
+                    if use_async is None:
+                        use_async = caps.cuda and any(eff) and ax.attn in FLASH_LIKE_ATTN
+                    twin_fault = fault if fault and FAULTS[fault].patches_twin else None
+                    twin = EngineConfig(max_bt=bt, cuda_graph=(False, False), force_padding=True, pad_seqlen_k=gv,
+                                        use_async=use_async, fault=twin_fault, **base)
+                    if any(eff):
+                        run = EngineConfig(max_bt=bt, cuda_graph=(gv, gd), use_async=use_async, fault=fault, **base)
+                    else:
+                        run = dataclasses.replace(twin, fault=fault)
+                    plans.append(ModePlan(mode, bt, add(run), add(twin), fault, eff, notes, engine, ax))
     return Plan(runs, plans)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from . import data as data_mod
 from . import models
-from .config import REFERENCE_MODE, Capabilities, Plan, UsageError, parse_injections, plan_runs
+from .config import (MODES, REFERENCE_MODE, Capabilities, Plan, UsageError, axes_matrix, parse_injections,
+                     plan_runs)
 from .engine import Job, run_engine
 from .report import write_markdown
 from .results import RunResult, atomic_write_json, atomic_write_jsonl
@@ -47,7 +48,12 @@ class Settings:
     jobs: int = 1  # engine runs at a time, each in its own worker process
     devices: list[str] | None = None  # GPUs to spread workers over (CUDA_VISIBLE_DEVICES values)
     cache: Path | None = None  # where engine runs are cached (default OUT/runs); share it between invocations
-    engine: str | None = None  # python interpreter, venv, or folder put first on PYTHONPATH (another transformers)
+    # transformers builds by name: python interpreter, venv, or folder put first on PYTHONPATH (None: this one)
+    engines: dict[str, str | None] = field(default_factory=lambda: {"default": None})
+    attns: list[str] | None = None  # several attention backends as an axis (default: [attn])
+    asyncs: list[bool | None] = field(default_factory=lambda: [None])  # async batching axis (None: engine default)
+    compiles: list[int | None] = field(default_factory=lambda: [None])  # default_compile_level axis
+    fast_paths: list[bool | None] = field(default_factory=lambda: [None])  # decode fast path axis
     progress: bool = True
     command: str = ""
 
@@ -77,6 +83,31 @@ def engine_interpreter(engine: str | None) -> tuple[str, str | None]:
     raise UsageError(f"--engine {engine}: not an interpreter, a virtual environment or a folder")
 
 
+def probe_engines(engines: dict[str, str | None], interpreters: dict[str, tuple[str, str | None]]) -> dict:
+    """Versions and abilities of each engine's transformers; the default one is read in this process."""
+    from .engine import probe_engine
+    from .engine.worker import probe
+
+    out = {}
+    for name, path in engines.items():
+        out[name] = probe() if path is None else probe_engine(*interpreters[name])
+        if "error" in out[name]:
+            raise UsageError(f"--engine {name}={path}: its transformers does not load ({out[name]['error']})")
+    return out
+
+
+def unsupported_modes(plan: Plan, probes: dict) -> dict[str, str]:
+    """Cells an engine cannot express at all (graphs on one path only where use_cuda_graph is a bool): SKIPPED."""
+    out = {}
+    for mp in plan.modes:
+        gv, gd = MODES[mp.mode]
+        info = probes.get(mp.engine, {})
+        if gv != gd and not info.get("tuple_graphs", True):
+            out[mp.cell_id] = (f"transformers {info.get('transformers', '?')} takes only a bool use_cuda_graph: "
+                               f"graphs on one path only ({mp.mode}) cannot be expressed")
+    return out
+
+
 def default_timeout(n_prompts: int, max_new_tokens: int, cuda: bool) -> float:
     """Generous: model load plus a slow per-token budget for the whole workload."""
     per_token = 0.002 if cuda else 0.05
@@ -85,7 +116,7 @@ def default_timeout(n_prompts: int, max_new_tokens: int, cuda: bool) -> float:
 
 def workload_fingerprint(task: GSM8KTask, model: dict, s: Settings) -> str:
     blob = json.dumps({"prompts": task.prompts, "model": model, "max_new_tokens": s.max_new_tokens,
-                       "chat": s.prompt == "chat", "engine": s.engine}, sort_keys=True)
+                       "chat": s.prompt == "chat"}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -109,7 +140,7 @@ class Evaluation:
 
 def prepare(s: Settings):
     """Everything that can fail on bad input, before any engine runs (each failure is a UsageError)."""
-    injections = parse_injections(s.inject, s.modes)
+    injections = parse_injections(s.inject, s.modes, list(s.engines))
     if s.task:
         from .taskspec import TaskSpec
 
@@ -129,12 +160,17 @@ def prepare(s: Settings):
 
 def evaluate(s: Settings) -> Evaluation:
     source, task, model, injections = prepare(s)
-    caps = Capabilities(cuda=detect_cuda(), attn=s.attn)
-    if s.attn == "torch-flash" and not caps.cuda:
+    attns = s.attns or [s.attn]
+    caps = Capabilities(cuda=detect_cuda(), attn=attns[0])
+    if "torch-flash" in attns and not caps.cuda:
         raise UsageError("--attn torch-flash needs a CUDA GPU (PyTorch's FlashAttention varlen kernel); use --attn "
                          "sdpa on CPU")
-    python, pythonpath = engine_interpreter(s.engine)
-    plan = plan_runs(s.modes, s.max_bts, caps, injections)
+    interpreters = {name: engine_interpreter(path) for name, path in s.engines.items()}
+    probes = probe_engines(s.engines, interpreters)
+    plan = plan_runs(s.modes, s.max_bts, caps, injections, engines=list(s.engines),
+                     axes=axes_matrix(attns, s.asyncs, s.compiles, s.fast_paths))
+    unsupported = unsupported_modes(plan, probes)
+    needed = {k for mp in plan.modes if mp.cell_id not in unsupported for k in (mp.run, mp.twin) if k}
     out = s.out or Path("reports") / f"{time.strftime('%Y%m%d-%H%M%S')}-gsm8k"
     out.mkdir(parents=True, exist_ok=True)
     fingerprint = workload_fingerprint(task, model, s)
@@ -142,7 +178,10 @@ def evaluate(s: Settings) -> Evaluation:
 
     jobs = []
     for key, cfg in plan.runs.items():
-        job_key = hashlib.sha256(f"{fingerprint}/{key}".encode()).hexdigest()[:16]
+        if key not in needed:
+            continue
+        python, pythonpath = interpreters[cfg.engine]
+        job_key = hashlib.sha256(f"{fingerprint}/{python}/{pythonpath}/{key}".encode()).hexdigest()[:16]
         label = f"[{', '.join(plan.served_by(key))}] {cfg.describe()}"
         jobs.append(Job(key=key, engine=cfg, model={k: v for k, v in model.items() if k != "label"},
                         prompts=task.prompts, max_new_tokens=s.max_new_tokens,
@@ -155,11 +194,17 @@ def evaluate(s: Settings) -> Evaluation:
                .samples)] for key, rows in scored.items()}
     outcomes = []
     for mp in plan.modes:
-        off = next((p for p in plan.modes if p.mode == REFERENCE_MODE and p.max_bt == mp.max_bt), None)
+        if mp.cell_id in unsupported:
+            skipped = RunResult(key=mp.run, status="unsupported", samples=[], error=unsupported[mp.cell_id])
+            outcomes.append(decide(mp, skipped, None, [], None, None))
+            continue
+        off = next((p for p in plan.modes if p.mode == REFERENCE_MODE and p.group == mp.group), None)
         outcomes.append(decide(mp, results[mp.run], results[mp.twin] if mp.twin else None, correct[mp.run],
                                results[off.run] if off else None, correct[off.run] if off else None,
                                Thresholds(s.alpha, s.min_drop)))
     summary = build_summary(s, task, source.label, model, plan, results, outcomes)
+    summary["engines"] = {name: {"path": s.engines[name], **{k: v for k, v in info.items() if k != "cb_fields"}}
+                          for name, info in probes.items()}
     ev = Evaluation(s, task, model, plan, results, correct, scored, outcomes, summary, out)
     write_reports(ev)
     return ev
@@ -217,14 +262,15 @@ def _run_figures(r: RunResult) -> dict:
 
 
 def _cell(o: ModeOutcome, plan: Plan, results: dict[str, RunResult]) -> dict:
-    run = results[o.run_key]
-    served = f"served by run {o.run_key}"
-    if o.twin_key:
+    run = results[o.run_key] if o.ran else RunResult(key=o.run_key, status="unsupported", samples=[])
+    served = f"served by run {o.run_key}" if o.ran else "not run: this engine cannot express the mode"
+    if o.twin_key and o.ran:
         served += f", twin run {o.twin_key}" if o.twin_key != o.run_key else " (its own twin: same configuration)"
     shared = [m for m in plan.served_by(o.run_key) if m != o.mode]
-    if shared:
+    if shared and o.ran:
         served += f"; run shared with {', '.join(shared)}"
     cell = {
+        "id": o.cell_id, "engine": o.engine, "axes": o.axes,
         "max_bt": o.max_bt, "mode": o.mode, "verdict": o.verdict, "reason": o.reason, "accuracy": o.accuracy,
         "accuracy_ci": list(o.accuracy_ci) if o.accuracy_ci else None, "n": o.n, "correct": o.correct,
         "twin_mismatches": o.twin_mismatches, "twin_compared": o.twin_compared, "failed_requests": o.failed_requests,
@@ -240,6 +286,46 @@ def _cell(o: ModeOutcome, plan: Plan, results: dict[str, RunResult]) -> dict:
     return cell
 
 
+def ab_rows(outcomes: list[ModeOutcome], results: dict[str, RunResult]) -> list[dict]:
+    """Engine A/B: for every cell of the first engine, the same cell under each other engine, paired on samples."""
+    from .stats import mcnemar_exact, paired_counts
+
+    engines = list(dict.fromkeys(o.engine for o in outcomes))
+    if len(engines) < 2:
+        return []
+    by_key = {(o.engine, o.max_bt, o.axes, o.mode): o for o in outcomes}
+    rows = []
+    for a in (o for o in outcomes if o.engine == engines[0]):
+        for other in engines[1:]:
+            b = by_key.get((other, a.max_bt, a.axes, a.mode))
+            if b is None:
+                continue
+            if a.run_key not in results or b.run_key not in results or not a.n or not b.n:
+                continue  # a cell an engine cannot express has no samples to pair
+            ra, rb = results[a.run_key], results[b.run_key]
+            fa, fb = _run_figures(ra), _run_figures(rb)
+            ok = [i for i, (x, y) in enumerate(zip(ra.samples, rb.samples)) if x.status == y.status == "ok"]
+            ca = [a.per_sample[i] for i in ok] if a.per_sample else []
+            cb = [b.per_sample[i] for i in ok] if b.per_sample else []
+            paired = paired_counts(ca, cb)
+
+            def change(x, y):
+                return None if not x or y is None else 100.0 * (y - x) / x
+
+            rows.append({"max_bt": a.max_bt, "axes": a.axes, "mode": a.mode, "a": a.engine, "b": b.engine,
+                         "accuracy_a": a.accuracy, "accuracy_b": b.accuracy,
+                         "delta": paired.delta if paired.n else None, "p_value": mcnemar_exact(paired.only_a,
+                                                                                              paired.only_b),
+                         "flipped_down": paired.only_a, "flipped_up": paired.only_b,
+                         "samples_per_s_a": fa["samples_per_s"], "samples_per_s_b": fb["samples_per_s"],
+                         "samples_per_s_change_pct": change(fa["samples_per_s"], fb["samples_per_s"]),
+                         "tokens_per_s_a": fa["tokens_per_s"], "tokens_per_s_b": fb["tokens_per_s"],
+                         "tokens_per_s_change_pct": change(fa["tokens_per_s"], fb["tokens_per_s"]),
+                         "peak_mem_gb_a": fa["peak_mem_gb"], "peak_mem_gb_b": fb["peak_mem_gb"],
+                         "verdict_a": a.verdict, "verdict_b": b.verdict})
+    return rows
+
+
 SEVERITY = {"FAIL": 4, "STALE_GRAPH": 3, "ACCURACY_DROP": 2, "PASS": 1, "SKIPPED": 0}
 
 
@@ -253,12 +339,15 @@ def build_summary(s: Settings, task: GSM8KTask, data_label: str, model: dict, pl
     versions = next((r.meta["versions"] for r in results.values() if r.meta.get("versions")), {})
     runs = {}
     for key, cfg in plan.runs.items():
+        if key not in results:  # only needed by cells an engine cannot express
+            continue
         r = results[key]
         runs[key] = {"config": cfg.describe(), "engine": dataclasses.asdict(cfg), "served": plan.served_by(key),
                      "status": r.status, "error_class": r.error_class, "error": r.error,
                      "resolved": r.meta.get("resolved", {}), "notes": r.meta.get("notes", []), **_run_figures(r)}
     return {
-        "modes": modes, "cells": cells, "cells_by_id": {f"{c['max_bt']}/{c['mode']}": c for c in cells},
+        "modes": modes, "cells": cells, "cells_by_id": {c["id"]: c for c in cells},
+        "engines": {name: {"path": path} for name, path in s.engines.items()}, "ab": ab_rows(outcomes, results),
         "max_bt": s.max_bts[0], "max_bts": s.max_bts, "model": model["label"], "data": data_label,
         "n": len(task.prompts), "prompt": f"{s.prompt}, {task.num_fewshot}-shot", "filter": task.primary_filter,
         "attn": s.attn, "dtype": s.dtype, "max_new_tokens": s.max_new_tokens,
@@ -273,11 +362,11 @@ def sample_rows(ev: Evaluation) -> list[dict]:
     rows = []
     for o in ev.outcomes:
         for key, is_twin in ((o.run_key, False), (o.twin_key, True)):
-            if key is None:
+            if key is None or not o.ran:
                 continue
             r, scored = ev.results[key], ev.scored[key]
             for smp, sc in zip(r.samples, scored):
-                rows.append({"mode": o.mode, "max_bt": o.max_bt, "twin": is_twin, "run": key, "index": smp.index,
+                rows.append({"mode": o.mode, "max_bt": o.max_bt, "engine": o.engine, "axes": o.axes, "twin": is_twin, "run": key, "index": smp.index,
                              "status": smp.status, "error": smp.error, "token_ids": smp.token_ids, "text": smp.text,
                              "answer": sc.answers[ev.task.primary_filter], "answers": sc.answers,
                              "correct": ev.correct[key][smp.index], "target": targets[smp.index]})

@@ -57,39 +57,62 @@ def markdown(summary: dict, outcomes: list[ModeOutcome], max_examples: int = 3) 
         f"alpha {summary['thresholds']['alpha']}, min drop {summary['thresholds']['min_drop']}",
         f"- command: `{md_escape(summary['command'])}`",
         "",
-        "| max_bt | mode | verdict | accuracy % (95% CI) | delta vs off (p) | twin mismatches | failed | tok/s | "
-        "samples/s | wall s | peak GB |",
-        "|---:|---|---|---|---|---|---:|---:|---:|---:|---:|",
     ]
+    grouped = len({(o.engine, o.axes) for o in outcomes}) > 1
+    lines += [("| engine | axes " if grouped else "") + "| max_bt | mode | verdict | accuracy % (95% CI) | "
+              "delta vs off (p) | twin mismatches | failed | tok/s | samples/s | wall s | peak GB |",
+              ("|---|---" if grouped else "") + "|---:|---|---|---|---|---|---:|---:|---:|---:|---:|"]
     for o in outcomes:
-        cell = summary["cells_by_id"][f"{o.max_bt}/{o.mode}"]
+        cell = summary["cells_by_id"][o.cell_id]
         ci = o.accuracy_ci
         acc = f"{_pct(o.accuracy)} ({_pct(ci[0])}–{_pct(ci[1])})" if ci else "n/a"
         delta = "—" if o.delta_vs_off is None else f"{100 * o.delta_vs_off:+.1f} (p={o.p_value:.3g})"
         twin = "—" if o.twin_mismatches is None else f"{o.twin_mismatches}/{o.twin_compared}"
         inject = f" [{md_escape(o.inject)}]" if o.inject else ""
-        lines.append(f"| {o.max_bt} | {o.mode}{inject} | **{o.verdict}** | {acc} | {delta} | {twin} | "
+        group = f"| {md_escape(o.engine)} | {md_escape(o.axes)} " if grouped else ""
+        lines.append(f"{group}| {o.max_bt} | {o.mode}{inject} | **{o.verdict}** | {acc} | {delta} | {twin} | "
                      f"{o.failed_requests} | {_num(cell['tokens_per_s'])} | {_num(cell['samples_per_s'], '{:.2f}')} | "
                      f"{_num(cell['wall_s'])} | {_num(cell['peak_mem_gb'], '{:.2f}')} |")
     lines += ["", "## Verdicts", ""]
     for o in outcomes:
-        served = summary["cells_by_id"][f"{o.max_bt}/{o.mode}"]["served_by"]
-        lines.append(f"- max_bt {o.max_bt}, **{o.mode}**: {o.verdict}: {md_escape(o.reason)}. {md_escape(served)}")
+        served = summary["cells_by_id"][o.cell_id]["served_by"]
+        lines.append(f"- {md_escape(o.cell_id)}: **{o.verdict}**: {md_escape(o.reason)}. {md_escape(served)}")
     fails = [o for o in outcomes if o.verdict == "FAIL"]
     if fails:
-        lines += ["", "## FAIL details", "", "| max_bt | mode | error class | first line |", "|---:|---|---|---|"]
+        lines += ["", "## FAIL details", "", "| cell | max_bt | mode | error class | first line |",
+                  "|---|---:|---|---|---|"]
         for o in fails:
-            lines.append(f"| {o.max_bt} | {o.mode} | {md_escape(o.error_class or '')} | {md_escape(o.reason)[:300]} |")
+            lines.append(f"| {md_escape(o.cell_id)} | {o.max_bt} | {o.mode} | {md_escape(o.error_class or '')} | {md_escape(o.reason)[:300]} |")
     for o in outcomes:
         if o.verdict not in FINDINGS or not o.comparison or not o.comparison.mismatches:
             continue
-        lines += ["", f"## {o.mode} at max_bt {o.max_bt}: first mismatching samples", ""]
+        where = f" ({md_escape(o.engine)} {md_escape(o.axes)})" if grouped else ""
+        lines += ["", f"## {o.mode} at max_bt {o.max_bt}{where}: first mismatching samples", ""]
         for m in o.comparison.mismatches[:max_examples]:
             a, b, char = snippet_around(m.run_text, m.twin_text)
             lines += [f"### sample {m.index}: first differing token {m.position} (graph run "
                       f"{m.run_tokens[m.position:m.position + 1]} vs twin {m.twin_tokens[m.position:m.position + 1]}), "
                       f"first differing character {char}", "", "graph run:", "", pre(a), "", "padded-eager twin:", "",
                       pre(b), ""]
+    if summary.get("ab"):
+        names = list(summary.get("engines", {}))
+        lines += ["", f"## Engines side by side ({' vs '.join(md_escape(n) for n in names)})", ""]
+        for name, info in summary.get("engines", {}).items():
+            lines.append(f"- {md_escape(name)}: transformers {md_escape(info.get('transformers', '?'))}, "
+                         f"{md_escape(info.get('path') or 'this interpreter')}")
+        lines += ["", "| max_bt | axes | mode | A | B | accuracy A % | accuracy B % | delta (McNemar p) | "
+                  "samples/s A → B (%) | tok/s A → B (%) | peak GB A / B | verdict A / B |",
+                  "|---:|---|---|---|---|---:|---:|---|---|---|---|---|"]
+        for r in summary["ab"]:
+            delta = "n/a" if r["delta"] is None else f"{100 * r['delta']:+.1f} (p={r['p_value']:.3g})"
+            sps = (f"{_num(r['samples_per_s_a'], '{:.2f}')} → {_num(r['samples_per_s_b'], '{:.2f}')} "
+                   f"({_num(r['samples_per_s_change_pct'], '{:+.1f}')})")
+            tps = (f"{_num(r['tokens_per_s_a'])} → {_num(r['tokens_per_s_b'])} "
+                   f"({_num(r['tokens_per_s_change_pct'], '{:+.1f}')})")
+            mem = f"{_num(r['peak_mem_gb_a'], '{:.2f}')} / {_num(r['peak_mem_gb_b'], '{:.2f}')}"
+            lines.append(f"| {r['max_bt']} | {md_escape(r['axes'])} | {r['mode']} | {md_escape(r['a'])} | "
+                         f"{md_escape(r['b'])} | {_pct(r['accuracy_a'])} | {_pct(r['accuracy_b'])} | {delta} | {sps} | "
+                         f"{tps} | {mem} | {r['verdict_a']} / {r['verdict_b']} |")
     lines += ["", "## Runs", "", "| run | configuration | served | status | generated tokens | wall s |",
               "|---|---|---|---|---:|---:|"]
     for key, r in summary["runs"].items():

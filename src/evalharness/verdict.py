@@ -42,6 +42,11 @@ class ModeOutcome:
     error_class: str | None
     comparison: TwinComparison | None = None
     notes: list[str] = field(default_factory=list)
+    engine: str = "default"
+    axes: str = ""
+    cell_id: str = ""
+    per_sample: list[bool] = field(default_factory=list)  # correctness per sample index (primary filter)
+    ran: bool = True  # False: the engine could not express this mode, nothing was generated for it
 
 
 def _failure(result: RunResult, who: str) -> str | None:
@@ -61,10 +66,12 @@ def decide(plan: ModePlan, run: RunResult, twin: RunResult | None, correct: list
         correct=k, accuracy=k / n if n else 0.0, accuracy_ci=wilson_ci(k, n), delta_vs_off=None, p_value=None,
         twin_mismatches=None, twin_compared=None, failed_requests=run.failed,
         twin_failed_requests=twin.failed if twin is not None else None, inject=plan.fault,
-        error_class=run.error_class, notes=list(plan.notes))
+        error_class=run.error_class, notes=list(plan.notes), engine=plan.engine,
+        axes=plan.axes.label() if plan.axes else "", cell_id=plan.cell_id, per_sample=list(correct))
 
     if run.status == "unsupported":
         outcome.verdict, outcome.reason = SKIPPED, run.error or "not supported by this engine"
+        outcome.ran = False
         return outcome
     if twin is not None and twin.status != "unsupported":
         outcome.comparison = compare_twin(run, twin)

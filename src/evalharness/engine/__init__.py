@@ -79,6 +79,20 @@ def _worker_env(extra_path: str | None = None, cuda_device: str | None = None) -
     return env
 
 
+def probe_engine(python: str = sys.executable, pythonpath: str | None = None, timeout_s: float = 300) -> dict:
+    """Ask an engine's interpreter what its transformers build is and can express (a short-lived worker)."""
+    try:
+        proc = subprocess.run([python, "-m", "evalharness.engine.worker", "--probe"], capture_output=True, text=True,
+                              env=_worker_env(pythonpath), stdin=subprocess.DEVNULL, timeout=timeout_s)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return {"error": f"{type(e).__name__}: {e}"}
+    for line in proc.stdout.splitlines():
+        if line.startswith("PROBE "):
+            return json.loads(line[6:])
+    last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+    return {"error": last[:300]}
+
+
 def run_engine(job: Job, progress: bool = True) -> RunResult:
     """Run one job in a fresh worker process and collect what it left behind. Never raises for engine failures."""
     from tqdm import tqdm

@@ -78,8 +78,7 @@ def _cb_config(engine: dict, version: str, num_blocks: int | None = None):
     fields = {f.name for f in dataclasses.fields(ContinuousBatchingConfig)}
     gv, gd = engine["cuda_graph"]
     kwargs = {"max_batch_tokens": engine["max_bt"]}
-    hint = ContinuousBatchingConfig.__dataclass_fields__["use_cuda_graph"].type
-    tuple_ok = "tuple" in str(hint)
+    tuple_ok = "tuple" in str(ContinuousBatchingConfig.__dataclass_fields__["use_cuda_graph"].type)
     if gv != gd and not tuple_ok:
         return None, (f"transformers {version} takes only a bool use_cuda_graph: graphs on one path only "
                       "(varlen or decode) cannot be expressed")
@@ -88,6 +87,14 @@ def _cb_config(engine: dict, version: str, num_blocks: int | None = None):
         kwargs["num_blocks"] = num_blocks
     if engine.get("use_async") is not None and "use_async_batching" in fields:
         kwargs["use_async_batching"] = engine["use_async"]
+    if engine.get("compile_level") is not None:
+        if "default_compile_level" not in fields:
+            return None, f"transformers {version} has no default_compile_level: --compile cannot be expressed"
+        kwargs["default_compile_level"] = engine["compile_level"]
+    if engine.get("decode_fast_path") is False:
+        if "max_blocks_per_request" not in fields:
+            return None, f"transformers {version} has no max_blocks_per_request: the decode fast path cannot be off"
+        kwargs["max_blocks_per_request"] = 0
     return ContinuousBatchingConfig(**kwargs), None
 
 
@@ -228,8 +235,22 @@ def _run(job_dir: Path, job: dict, meta: dict) -> int:
     return 0
 
 
+def probe() -> dict:
+    """What this interpreter's transformers can express: read by the parent before planning (`--probe`)."""
+    import dataclasses
+
+    from transformers import ContinuousBatchingConfig
+
+    fields = {f.name: str(f.type) for f in dataclasses.fields(ContinuousBatchingConfig)}
+    return {**_versions(), "tuple_graphs": "tuple" in fields.get("use_cuda_graph", ""),
+            "cb_fields": sorted(fields)}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--probe":
+        print("PROBE " + json.dumps(probe()), flush=True)
+        return 0
     logging.basicConfig(level=os.environ.get("EVALHARNESS_WORKER_LOG", "WARNING"), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return run(Path(argv[0]))
