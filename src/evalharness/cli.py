@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "larger, then shared round robin)")
     g.add_argument("--cache", type=Path, help="engine-run cache folder (default OUT/runs); runs already there with the "
                                               "same hash are reused, so invocations can share it")
+    g.add_argument("--audit", action="store_true", help="re-run every CUDA-graph replay eagerly and name the graph key "
+                                                        "and launch constant of the first mismatch")
+    g.add_argument("--audit-all", action="store_true", help="like --audit, keeping every mismatching replay")
     g.add_argument("--engine", action="append", default=[], metavar="[NAME=]PATH",
                    help="run the workers under a transformers build: a python interpreter, a venv, or a folder "
                         "holding the package (pip install --target DIR transformers==5.5.4); repeat to compare "
@@ -138,7 +141,7 @@ def cmd_gsm8k(args, argv) -> int:
                  engines=parse_engines(args.engine), attns=parse_attns(args.attn),
                  asyncs=parse_switch(args.use_async, "--async"), compiles=parse_compile(args.compile),
                  fast_paths=parse_switch(args.decode_fast_path, "--decode-fast-path"), cache=args.cache,
-                 jobs=args.jobs or 0,
+                 jobs=args.jobs or 0, audit="all" if args.audit_all else ("first" if args.audit else None),
                  devices=[d.strip() for d in args.devices.split(',') if d.strip()] if args.devices else None,
                  task=args.task,
                  progress=not args.no_progress, command="evalharness " + shlex.join(argv))

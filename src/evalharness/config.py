@@ -173,6 +173,7 @@ class EngineConfig:
     engine: str = "default"  # which transformers build (see --engine); its path is part of the job hash
     compile_level: int | None = None  # ContinuousBatchingConfig.default_compile_level (None: engine default)
     decode_fast_path: bool | None = None  # False: max_blocks_per_request=0 (None: engine default)
+    audit: str | None = None  # graph runs only: "first" or "all" (see audit.py)
     force_padding: bool = False  # pad like a graph run even though graphs are off (the padded-eager twin)
     pad_seqlen_k: bool | None = None  # pad max_seqlen_k like a varlen graph run would (None: engine default)
     use_async: bool | None = None  # None: transformers decides
@@ -199,6 +200,8 @@ class EngineConfig:
             parts.append(f"async={'on' if self.use_async else 'off'}")
         if self.fault:
             parts.append(f"fault={self.fault}")
+        if self.audit:
+            parts.append(f"audit={self.audit}")
         return ", ".join(parts)
 
 
@@ -247,7 +250,7 @@ class Plan:
 
 def plan_runs(modes: list[str], max_bts: list[int], caps: Capabilities,
               injections: dict[str, str] | None = None, engines: list[str] | None = None,
-              axes: list[Axes] | None = None) -> Plan:
+              axes: list[Axes] | None = None, audit: str | None = None) -> Plan:
     """Map each (engine, max_bt, axes, mode) cell to engine runs, deduplicating runs with the same effective
     configuration.
 
@@ -296,7 +299,8 @@ def plan_runs(modes: list[str], max_bts: list[int], caps: Capabilities,
                     twin = EngineConfig(max_bt=bt, cuda_graph=(False, False), force_padding=True, pad_seqlen_k=gv,
                                         use_async=use_async, fault=twin_fault, **base)
                     if any(eff):
-                        run = EngineConfig(max_bt=bt, cuda_graph=(gv, gd), use_async=use_async, fault=fault, **base)
+                        run = EngineConfig(max_bt=bt, cuda_graph=(gv, gd), use_async=use_async, fault=fault,
+                                           audit=audit, **base)
                     else:
                         run = dataclasses.replace(twin, fault=fault)
                     plans.append(ModePlan(mode, bt, add(run), add(twin), fault, eff, notes, engine, ax))

@@ -54,6 +54,7 @@ class Settings:
     asyncs: list[bool | None] = field(default_factory=lambda: [None])  # async batching axis (None: engine default)
     compiles: list[int | None] = field(default_factory=lambda: [None])  # default_compile_level axis
     fast_paths: list[bool | None] = field(default_factory=lambda: [None])  # decode fast path axis
+    audit: str | None = None  # "first" / "all": re-run every graph replay eagerly and attribute mismatches
     progress: bool = True
     command: str = ""
 
@@ -168,7 +169,7 @@ def evaluate(s: Settings) -> Evaluation:
     interpreters = {name: engine_interpreter(path) for name, path in s.engines.items()}
     probes = probe_engines(s.engines, interpreters)
     plan = plan_runs(s.modes, s.max_bts, caps, injections, engines=list(s.engines),
-                     axes=axes_matrix(attns, s.asyncs, s.compiles, s.fast_paths))
+                     axes=axes_matrix(attns, s.asyncs, s.compiles, s.fast_paths), audit=s.audit)
     unsupported = unsupported_modes(plan, probes)
     needed = {k for mp in plan.modes if mp.cell_id not in unsupported for k in (mp.run, mp.twin) if k}
     out = s.out or Path("reports") / f"{time.strftime('%Y%m%d-%H%M%S')}-gsm8k"
@@ -281,6 +282,7 @@ def _cell(o: ModeOutcome, plan: Plan, results: dict[str, RunResult]) -> dict:
         "first_mismatches": [{"index": m.index, "token": m.position} for m in
                              (o.comparison.mismatches[:5] if o.comparison else [])],
         "log_tail": run.log_tail[-5:],
+        "attribution": run.meta.get("audit"),
     }
     cell.update({k: v for k, v in _run_figures(run).items() if k != "generated_tokens"})
     return cell

@@ -11,6 +11,7 @@ import math
 import re
 from pathlib import Path
 
+from .audit import describe
 from .results import atomic_write_text
 from .verdict import FINDINGS, ModeOutcome
 
@@ -77,6 +78,9 @@ def markdown(summary: dict, outcomes: list[ModeOutcome], max_examples: int = 3) 
     for o in outcomes:
         served = summary["cells_by_id"][o.cell_id]["served_by"]
         lines.append(f"- {md_escape(o.cell_id)}: **{o.verdict}**: {md_escape(o.reason)}. {md_escape(served)}")
+        attribution = summary["cells_by_id"][o.cell_id].get("attribution")
+        if attribution:
+            lines.append(f"  - {md_escape(describe(attribution))}")
     fails = [o for o in outcomes if o.verdict == "FAIL"]
     if fails:
         lines += ["", "## FAIL details", "", "| cell | max_bt | mode | error class | first line |",

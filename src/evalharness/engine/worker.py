@@ -147,6 +147,13 @@ def _run(job_dir: Path, job: dict, meta: dict) -> int:
     if engine.get("force_padding"):
         meta["notes"] += patches.force_padding(engine.get("pad_seqlen_k"))
     patches.apply_engine_fault(engine.get("fault"))
+    auditor = None
+    if engine.get("audit"):
+        from ..audit import Auditor
+        from . import audit_hooks
+
+        auditor = Auditor(keep_all=engine["audit"] == "all")
+        audit_hooks.install(auditor)
 
     _, unsupported = _cb_config(engine, version)
     if unsupported:  # before loading anything
@@ -228,6 +235,8 @@ def _run(job_dir: Path, job: dict, meta: dict) -> int:
     meta["generate_s"] = time.perf_counter() - t0
     meta["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
     meta["resolved"] = _resolved(seen["manager"])
+    if auditor is not None:
+        meta["audit"] = auditor.to_json()
     meta["prompt_tokens_max"] = max((len(x) for x in inputs), default=0)
     meta["total_s"] = time.perf_counter() - t_start
     meta["status"] = "done"
