@@ -18,6 +18,7 @@ from .config import (MODES, REFERENCE_MODE, Capabilities, Plan, UsageError, axes
                      plan_runs)
 from .engine import Job, run_engine
 from .report import write_markdown
+from .html_report import write_html
 from .results import RunResult, atomic_write_json, atomic_write_jsonl
 from .tasks import PROMPTS, GSM8KTask
 from .verdict import ModeOutcome, Thresholds, decide, exit_code
@@ -379,3 +380,4 @@ def write_reports(ev: Evaluation) -> None:
     atomic_write_jsonl(ev.out / "samples.jsonl", sample_rows(ev))
     atomic_write_json(ev.out / "summary.json", ev.summary)
     write_markdown(ev.out / "report.md", ev.summary, ev.outcomes)
+    write_html(ev.out / "report.html", ev.summary, ev.outcomes)
