@@ -104,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "holding the package (pip install --target DIR transformers==5.5.4); repeat to compare "
                         "engines side by side")
     g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--history", type=Path, metavar="FILE", help="append one line per cell to this JSONL history and "
+                   "report drift vs the last passing run on the same model/task/device (drift exits 1)")
+    h = sub.add_parser("history", help="trend per graph mode from a history file (see gsm8k --history)")
+    h.add_argument("file", type=Path, help="history JSONL file (or a folder holding history.jsonl)")
+    h.add_argument("--plot", type=Path, metavar="PNG", help="also plot accuracy per run and mode (matplotlib)")
+    h.add_argument("--model", help="only this model")
+    h.add_argument("--device", help="only this device")
     c = sub.add_parser("compare", help="paired comparison of two sample logs (lm-eval --log_samples or our "
                                        "samples.jsonl): McNemar exact test, bootstrap CI, flipped samples")
     c.add_argument("a", type=Path, help="reference samples file (A)")
@@ -153,14 +160,32 @@ def cmd_gsm8k(args, argv) -> int:
               f"twin_mismatches={o.twin_mismatches if o.twin_mismatches is not None else '-'} "
               f"failed={o.failed_requests}  {o.reason}")
     print(f"report: {ev.out / 'report.md'}")
+    if args.history:
+        from .history import record
+
+        drifts = record(ev, args.history)[1]
+        print("\n".join(d.describe() for d in drifts) or f"history: {args.history}: first baseline")
+        return max(ev.exit_code, 1 if any(d.significant for d in drifts) else 0)
     return ev.exit_code
+
+
+def cmd_history(args, argv) -> int:
+    from . import history
+
+    lines = history.load(args.file)
+    if not lines:
+        raise UsageError(f"history: no runs recorded in {history.resolve_path(args.file)}")
+    print(history.render_trend(lines, model=args.model, device=args.device))
+    if args.plot:
+        print(f"plot: {history.plot_trend(lines, args.plot, model=args.model, device=args.device)}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = build_parser().parse_args(argv)
-        return {"gsm8k": cmd_gsm8k, "compare": cmd_compare}[args.command](args, argv)
+        return {"gsm8k": cmd_gsm8k, "compare": cmd_compare, "history": cmd_history}[args.command](args, argv)
     except UsageError as e:
         print(f"evalharness: error: {e}", file=sys.stderr)
         return EXIT_USAGE
