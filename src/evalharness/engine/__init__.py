@@ -10,6 +10,7 @@ status) into a `RunResult`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -93,6 +94,28 @@ def probe_engine(python: str = sys.executable, pythonpath: str | None = None, ti
     return {"error": last[:300]}
 
 
+def _prctl():
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the forked child only calls it
+    except (OSError, AttributeError):  # not Linux
+        return None
+
+
+_PRCTL = _prctl() if sys.platform.startswith("linux") else None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """Runs in the worker between fork and exec: the kernel SIGKILLs the worker when its parent dies, so a parent
+    killed with SIGKILL (or Ctrl-C) leaves no orphan writing into a job folder that `--resume` reuses."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os._exit(1)
+
+
 def run_engine(job: Job, progress: bool = True) -> RunResult:
     """Run one job in a fresh worker process and collect what it left behind. Never raises for engine failures."""
     from tqdm import tqdm
@@ -108,7 +131,8 @@ def run_engine(job: Job, progress: bool = True) -> RunResult:
     with open(log_path, "w") as log:
         proc = subprocess.Popen([job.python, "-m", "evalharness.engine.worker", str(job.job_dir)],
                                 stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True,
-                                env=_worker_env(job.pythonpath, job.cuda_device), start_new_session=True)
+                                env=_worker_env(job.pythonpath, job.cuda_device), start_new_session=True,
+                                preexec_fn=functools.partial(_die_with_parent, os.getpid()))
 
         def pump():
             for line in proc.stdout:
