@@ -120,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--mode", default="off", help="samples.jsonl: graph mode to compare (default off)")
     c.add_argument("--max-bt", type=int, help="samples.jsonl: max_bt, when the file holds a sweep")
     c.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    from .sweep import add_parsers
+
+    add_parsers(sub, g)  # plan (gsm8k's options), run-job, merge
+    g.add_argument("--resume", type=Path, metavar="DIR", help="finish the run in DIR with its saved settings "
+                   "(DIR/settings.json): jobs with a result are kept, only the missing ones run; only --jobs, "
+                   "--devices and --no-progress may be added")
     return p
 
 
@@ -152,6 +158,14 @@ def cmd_gsm8k(args, argv) -> int:
                  devices=[d.strip() for d in args.devices.split(',') if d.strip()] if args.devices else None,
                  task=args.task,
                  progress=not args.no_progress, command="evalharness " + shlex.join(argv))
+    if getattr(args, "resume", None) is not None:
+        from .sweep import resume_settings
+
+        s = resume_settings(args)
+    if args.command == "plan":
+        from .sweep import write_plan
+
+        return write_plan(s, args)
     ev = evaluate(s)
     grouped = len({(o.engine, o.axes) for o in ev.outcomes}) > 1
     for o in ev.outcomes:
@@ -185,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = build_parser().parse_args(argv)
+        if args.command in ("plan", "run-job", "merge"):
+            from .sweep import COMMANDS
+
+            return COMMANDS[args.command](args, argv)
         return {"gsm8k": cmd_gsm8k, "compare": cmd_compare, "history": cmd_history}[args.command](args, argv)
     except UsageError as e:
         print(f"evalharness: error: {e}", file=sys.stderr)

@@ -140,8 +140,9 @@ class Evaluation:
         return exit_code(self.outcomes)
 
 
-def prepare(s: Settings):
-    """Everything that can fail on bad input, before any engine runs (each failure is a UsageError)."""
+def prepare(s: Settings, model: dict | None = None):
+    """Everything that can fail on bad input, before any engine runs (each failure is a UsageError). A given `model`
+    (as models.resolve returned it, e.g. where a plan was made) is used as is."""
     injections = parse_injections(s.inject, s.modes, list(s.engines))
     if s.task:
         from .taskspec import TaskSpec
@@ -151,24 +152,60 @@ def prepare(s: Settings):
         task = TaskSpec(s.task, data=s.data, fewshot_data=s.fewshot_data, num_fewshot=s.fewshot, limit=s.limit,
                         primary_filter=s.filter)
         s.prompt = task.style  # chat tasks get the model's chat template from the worker, as --prompt chat does
-        return task.source, task, models.resolve(s.model, s.gguf_file, s.dtype, s.trust_remote_code), injections
+        model = model or models.resolve(s.model, s.gguf_file, s.dtype, s.trust_remote_code)
+        return task.source, task, model, injections
     # only lm-eval's plain gsm8k samples its shots from the train split; gsm8k-cot ships its 8 exemplars
     shots = (s.fewshot if s.fewshot is not None else PROMPTS["fewshot"][1]) if s.prompt == "fewshot" else 0
     source = data_mod.resolve(s.data, s.fewshot_data, shots)
     task = GSM8KTask(source, style=s.prompt, num_fewshot=s.fewshot, limit=s.limit, primary_filter=s.filter)
-    model = models.resolve(s.model, s.gguf_file, s.dtype, s.trust_remote_code)
+    model = model or models.resolve(s.model, s.gguf_file, s.dtype, s.trust_remote_code)
     return source, task, model, injections
 
 
+@dataclass
+class Prepared:
+    """Everything decided before any engine runs: the jobs, and what `finish` needs to turn their results into
+    verdicts and reports (evaluate = prepare_jobs + run_jobs + finish; sweep.py's plan/run-job/merge split them)."""
+
+    settings: Settings
+    saved: dict  # the settings as given (settings.json), before prepare() filled anything in
+    source: object
+    task: GSM8KTask
+    model: dict
+    plan: Plan
+    unsupported: dict[str, str]
+    probes: dict
+    interpreters: dict[str, tuple[str, str | None]]
+    cuda: bool
+    fingerprint: str
+    timeout_s: float
+    out: Path
+    jobs: list[Job]
+
+
 def evaluate(s: Settings) -> Evaluation:
-    source, task, model, injections = prepare(s)
+    from .sweep import save_settings
+
+    p = prepare_jobs(s)
+    save_settings(p)  # first, so that `--resume OUT` can finish a run killed at any later point
+    return finish(p, run_jobs(p.jobs, workers=s.jobs, devices=s.devices, progress=s.progress))
+
+
+def prepare_jobs(s: Settings, cuda: bool | None = None, model: dict | None = None, probes: dict | None = None,
+                 interpreters: dict | None = None) -> Prepared:
+    """Plan the engine runs of `s` as jobs. Given `cuda`, `model`, `probes` or `interpreters` (from a plan made
+    elsewhere) are used instead of asking this machine."""
+    from .sweep import job_hash, settings_json
+
+    saved = settings_json(s)
+    source, task, model, injections = prepare(s, model)
     attns = s.attns or [s.attn]
-    caps = Capabilities(cuda=detect_cuda(), attn=attns[0])
+    caps = Capabilities(cuda=detect_cuda() if cuda is None else cuda, attn=attns[0])
     if "torch-flash" in attns and not caps.cuda:
         raise UsageError("--attn torch-flash needs a CUDA GPU (PyTorch's FlashAttention varlen kernel); use --attn "
                          "sdpa on CPU")
-    interpreters = {name: engine_interpreter(path) for name, path in s.engines.items()}
-    probes = probe_engines(s.engines, interpreters)
+    interpreters = interpreters or {name: engine_interpreter(path) for name, path in s.engines.items()}
+    probes = probes or probe_engines(s.engines, interpreters)
     plan = plan_runs(s.modes, s.max_bts, caps, injections, engines=list(s.engines),
                      axes=axes_matrix(attns, s.asyncs, s.compiles, s.fast_paths), audit=s.audit)
     unsupported = unsupported_modes(plan, probes)
@@ -183,14 +220,19 @@ def evaluate(s: Settings) -> Evaluation:
         if key not in needed:
             continue
         python, pythonpath = interpreters[cfg.engine]
-        job_key = hashlib.sha256(f"{fingerprint}/{python}/{pythonpath}/{key}".encode()).hexdigest()[:16]
+        job_key = job_hash(fingerprint, python, pythonpath, key, probes.get(cfg.engine, {}), model)
         label = f"[{', '.join(plan.served_by(key))}] {cfg.describe()}"
         jobs.append(Job(key=key, engine=cfg, model={k: v for k, v in model.items() if k != "label"},
                         prompts=task.prompts, max_new_tokens=s.max_new_tokens,
                         job_dir=(s.cache or out / "runs") / job_key, chat=s.prompt == "chat", timeout_s=timeout,
                         label=label, python=python, pythonpath=pythonpath))
-    results = run_jobs(jobs, workers=s.jobs, devices=s.devices, progress=s.progress)
+    return Prepared(s, saved, source, task, model, plan, unsupported, probes, interpreters, caps.cuda, fingerprint,
+                    timeout, out, jobs)
 
+
+def finish(p: Prepared, results: dict[str, RunResult]) -> Evaluation:
+    """Job results (by run key) -> scores, verdicts, summary and reports in p.out."""
+    s, task, model, plan, unsupported, probes = p.settings, p.task, p.model, p.plan, p.unsupported, p.probes
     scored = {key: task.score([smp.text for smp in r.samples]) for key, r in results.items()}
     correct = {key: [sc.correct[task.primary_filter] and smp.status == "ok" for sc, smp in zip(rows, results[key]
                .samples)] for key, rows in scored.items()}
@@ -204,10 +246,10 @@ def evaluate(s: Settings) -> Evaluation:
         outcomes.append(decide(mp, results[mp.run], results[mp.twin] if mp.twin else None, correct[mp.run],
                                results[off.run] if off else None, correct[off.run] if off else None,
                                Thresholds(s.alpha, s.min_drop)))
-    summary = build_summary(s, task, source.label, model, plan, results, outcomes)
+    summary = build_summary(s, task, p.source.label, model, plan, results, outcomes)
     summary["engines"] = {name: {"path": s.engines[name], **{k: v for k, v in info.items() if k != "cb_fields"}}
                           for name, info in probes.items()}
-    ev = Evaluation(s, task, model, plan, results, correct, scored, outcomes, summary, out)
+    ev = Evaluation(s, task, model, plan, results, correct, scored, outcomes, summary, p.out)
     write_reports(ev)
     return ev
 
@@ -226,6 +268,9 @@ def run_job_cached(job: Job, progress: bool = True, retries: int = 1) -> RunResu
     result.meta["attempts"] = attempts
     if result.status in ("ok", "failed_requests", "unsupported"):
         atomic_write_json(cached, result.to_json())
+        (job.job_dir / "failed.json").unlink(missing_ok=True)
+    else:  # no cache entry (the next run retries it), but `evalharness merge` reads it as this job's outcome
+        atomic_write_json(job.job_dir / "failed.json", result.to_json())
     return result
 
 
