@@ -208,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evalharness: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("evalharness: interrupted; finished runs are kept in the output folder (run again with the same "
-              "--out to resume)", file=sys.stderr)
+        print("evalharness: interrupted; finished runs are kept in the output folder (evalharness gsm8k --resume "
+              "OUT finishes the run)", file=sys.stderr)
         return 130
 
 
