@@ -165,7 +165,7 @@ class CBLM(LM):
         groups: dict[int, list[int]] = {}
         stops: list[list[str]] = []
         for i, req in enumerate(requests):
-            context, gen_kwargs = req.args[0], dict(req.args[1] or {})
+            gen_kwargs = dict(req.args[1] or {})
             kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
             if kwargs.get("do_sample") and float(kwargs.get("temperature") or 0.0) > 0.0:
                 raise ValueError("cb: the harness decodes greedily; this task samples (do_sample=true). Pass "

@@ -68,6 +68,15 @@ class GSM8KTask:
         if self.num_fewshot == 0:
             cfg.pop("fewshot_split", None)
             cfg.pop("fewshot_config", None)
+        self._build(cfg, source, limit)
+        self.primary_filter = primary_filter or PROMPTS[style][2]
+        if self.primary_filter not in self.filters:
+            raise UsageError(f"--filter: {self.primary_filter!r} is not one of {', '.join(self.filters)}")
+
+    metric = "exact_match"  # the metric whose value 1 means correct
+
+    def _build(self, cfg: dict, source: DataSource, limit: int | None) -> None:
+        """Load the task through lm-eval, render the prompts for the first `limit` docs, note stops and filters."""
         self.config = cfg
         with _quiet():
             self.task = _load_task(cfg, source)
@@ -79,10 +88,7 @@ class GSM8KTask:
             raise UsageError(f"data {source.label}: no rows to evaluate")
         self.prompts = [inst.args[0] for inst in self.instances]
         self.until = list(self.instances[0].args[1].get("until", []))
-        self.filters = [f["name"] for f in cfg.get("filter_list", [])]
-        self.primary_filter = primary_filter or PROMPTS[style][2]
-        if self.primary_filter not in self.filters:
-            raise UsageError(f"--filter: {self.primary_filter!r} is not one of {', '.join(self.filters)}")
+        self.filters = [f["name"] for f in cfg.get("filter_list") or []] or ["none"]
 
     def targets(self) -> list[str]:
         return [str(self.task.doc_to_target(inst.doc)) for inst in self.instances]
@@ -98,7 +104,7 @@ class GSM8KTask:
         return text
 
     def score(self, texts: list[str]) -> list[Scored]:
-        """Run lm-eval's filters and exact_match over one response per prompt (in prompt order)."""
+        """Run lm-eval's filters and the task's metric over one response per prompt (in prompt order)."""
         if len(texts) != len(self.instances):
             raise ValueError(f"{len(texts)} responses for {len(self.instances)} prompts")
         for inst, text in zip(self.instances, texts):
@@ -112,7 +118,7 @@ class GSM8KTask:
                 resp = inst.filtered_resps[name]
                 metrics = self.task.process_results(inst.doc, [resp])
                 answers[name] = str(resp)
-                correct[name] = bool(metrics["exact_match"] >= 1.0)
+                correct[name] = bool(float(metrics.get(self.metric, 0.0)) >= 1.0)
             out.append(Scored(answers, correct))
         return out
 

@@ -16,7 +16,7 @@ from . import data as data_mod
 from .config import UsageError
 from .data import DataSource
 from .lmtasks import TASKS_DIR
-from .tasks import FEWSHOT_SEED, GSM8KTask, Scored, _load_task
+from .tasks import GSM8KTask
 
 # style -> our task in lmtasks/ (hub data) that renders the same prompts as `--prompt STYLE`
 STYLE_TASKS = {"fewshot": "evalharness_gsm8k", "cot": "evalharness_gsm8k_cot", "chat": "evalharness_gsm8k_chat"}
@@ -154,17 +154,7 @@ class TaskSpec(GSM8KTask):
         if self.num_fewshot == 0:
             cfg.pop("fewshot_split", None)
             cfg.pop("fewshot_config", None)
-        self.config = cfg
-        self.task = _load_task(cfg, source)
-        if hasattr(self.task, "set_fewshot_seed"):
-            self.task.set_fewshot_seed(seed=FEWSHOT_SEED)
-        self.task.build_all_requests(limit=limit, rank=0, world_size=1)
-        self.instances = sorted(self.task.instances, key=lambda inst: inst.doc_id)
-        if not self.instances:
-            raise UsageError(f"data {source.label}: no rows to evaluate")
-        self.prompts = [inst.args[0] for inst in self.instances]
-        self.until = list(self.instances[0].args[1].get("until", []))
-        self.filters = [f["name"] for f in cfg.get("filter_list") or []] or ["none"]
+        self._build(cfg, source, limit)
         self.metric = next((m["metric"] for m in cfg.get("metric_list") or [] if isinstance(m.get("metric"), str)),
                            "exact_match")
         self.primary_filter = primary_filter or hints.get("primary_filter") or self.filters[0]
@@ -174,22 +164,3 @@ class TaskSpec(GSM8KTask):
     def questions(self) -> list[str]:
         return [str(inst.doc.get("question", inst.args[0])) if isinstance(inst.doc, dict) else inst.args[0]
                 for inst in self.instances]
-
-    def score(self, texts: list[str]) -> list[Scored]:
-        """lm-eval's filters and the task's first metric (correct when it is 1) over one response per prompt."""
-        if len(texts) != len(self.instances):
-            raise ValueError(f"{len(texts)} responses for {len(self.instances)} prompts")
-        for inst, text in zip(self.instances, texts):
-            inst.resps = [self.cut(text)]
-            inst.filtered_resps = {}
-        self.task.apply_filters()
-        out = []
-        for inst in self.instances:
-            answers, correct = {}, {}
-            for name in self.filters:
-                resp = inst.filtered_resps[name]
-                metrics = self.task.process_results(inst.doc, [resp])
-                answers[name] = str(resp)
-                correct[name] = bool(float(metrics.get(self.metric, 0.0)) >= 1.0)
-            out.append(Scored(answers, correct))
-        return out
