@@ -43,6 +43,21 @@ def looks_local(spec: str) -> bool:
     return p.suffix.lower() in LOCAL_SUFFIXES or p.exists() or spec.startswith((".", "/", "~"))
 
 
+def json_objects(path: Path, who: str):
+    """(line number, object) for each non-blank line of a JSONL file; a bad line is one UsageError naming it."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UsageError(f"{who} {path} line {lineno}: not valid JSON ({e.msg})")
+            if not isinstance(row, dict):
+                raise UsageError(f"{who} {path} line {lineno}: expected a JSON object")
+            yield lineno, row
+
+
 def validate_rows(path: Path) -> int:
     """Check a local file has GSM8K's question/answer string fields; return its row count."""
     kind = LOCAL_SUFFIXES.get(path.suffix.lower())
@@ -60,20 +75,11 @@ def validate_rows(path: Path) -> int:
             raise UsageError(f"--data {path}: missing column(s) {', '.join(missing)}")
         return table.num_rows
     n = 0
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UsageError(f"--data {path} line {lineno}: not valid JSON ({e.msg})")
-            if not isinstance(row, dict):
-                raise UsageError(f"--data {path} line {lineno}: expected a JSON object")
-            for name in REQUIRED_FIELDS:
-                if not isinstance(row.get(name), str):
-                    raise UsageError(f"--data {path} line {lineno}: field {name!r} missing or not a string")
-            n += 1
+    for lineno, row in json_objects(path, "--data"):
+        for name in REQUIRED_FIELDS:
+            if not isinstance(row.get(name), str):
+                raise UsageError(f"--data {path} line {lineno}: field {name!r} missing or not a string")
+        n += 1
     if n == 0:
         raise UsageError(f"--data {path}: no rows")
     return n

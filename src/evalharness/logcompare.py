@@ -8,11 +8,11 @@ bootstrap CI of accuracy(B) - accuracy(A), and the samples whose correctness fli
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .config import UsageError
+from .data import json_objects
 from .stats import mcnemar_exact, paired_bootstrap_ci, paired_counts
 
 
@@ -71,18 +71,7 @@ class Comparison:
 def _read_rows(path: Path) -> list[dict]:
     if not path.is_file():
         raise UsageError(f"compare: {path}: no such file")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UsageError(f"compare: {path} line {lineno}: not valid JSON ({e.msg})")
-            if not isinstance(row, dict):
-                raise UsageError(f"compare: {path} line {lineno}: expected a JSON object")
-            rows.append(row)
+    rows = [row for _, row in json_objects(path, "compare:")]
     if not rows:
         raise UsageError(f"compare: {path}: no rows")
     return rows
