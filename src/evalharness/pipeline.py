@@ -73,9 +73,13 @@ def engine_interpreter(engine: str | None) -> tuple[str, str | None]:
 
     if not engine:
         return sys.executable, None
+    import shutil
+
     path = Path(engine).expanduser()
     if path.is_file():
         return str(path), None
+    if "/" not in engine and shutil.which(engine):  # a command on PATH, e.g. python3
+        return shutil.which(engine), None
     if (path / "bin" / "python").exists():
         return str(path / "bin" / "python"), None
     if path.is_dir():
