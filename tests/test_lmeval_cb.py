@@ -101,3 +101,20 @@ def test_harness_task_run_matches_lm_eval_cb(lmeval_run, tmp_path):
                          timeout=120)
     assert cmp.returncode == 0, cmp.stderr
     assert f"paired samples: {LIMIT}" in cmp.stdout and "flipped: 0" in cmp.stdout
+
+
+def test_lm_eval_cb_applies_the_chat_template(model_dir, tmp_path):
+    """--apply_chat_template: lm-eval renders the prompt with the model's own chat template (as HFLM does) and the
+    `cb` model generates an answer to that conversation."""
+    folder, gguf = model_dir
+    cmd = [sys.executable, "-m", "evalharness.lmeval", "--include_path", "tasks", "--tasks",
+           "evalharness_gsm8k_chat_local", "--model", "cb", "--apply_chat_template",
+           "--model_args", f"pretrained={folder},gguf_file={gguf},cuda_graph=off,max_batch_tokens=384,attn=sdpa,"
+                           "progress=false",
+           "--limit", "1", "--gen_kwargs", "max_gen_toks=12", "--log_samples", "--output_path", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    row = json.loads(next(tmp_path.rglob("samples_evalharness_gsm8k_chat_local_*.jsonl")).read_text().splitlines()[0])
+    prompt = row["arguments"]["gen_args_0"]["arg_0"]
+    assert prompt.startswith("<|im_start|>") and prompt.rstrip().endswith("<|im_start|>assistant")
+    assert "Janet" in prompt and row["resps"][0][0].strip()
