@@ -11,7 +11,11 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-import torch  # noqa: F401  imported here, before pytester snapshots sys.modules: numpy cannot be loaded twice
+# Imported here, before pytester snapshots sys.modules: modules an inner session imports are dropped afterwards, and
+# numpy and datasets (its pyarrow extension types) cannot be loaded twice in one process.
+import datasets  # noqa: F401
+import lm_eval.tasks  # noqa: F401
+import torch  # noqa: F401
 
 pytest_plugins = ["pytester"]
 
