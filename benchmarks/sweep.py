@@ -16,7 +16,6 @@ generation, it does not remove them.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -25,15 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-LOCAL_DATA = REPO.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
-
-
-def tiny_llama(dest: Path) -> Path:
-    spec = importlib.util.spec_from_file_location("evalharness_test_conftest", REPO / "tests" / "conftest.py")
-    conftest = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(conftest)
-    return conftest.build_tiny_llama(dest)
+from _common import LOCAL_DATA, tiny_llama  # noqa: E402  (benchmarks/ is on sys.path when run)
 
 
 def sweep(base: list[str], out: Path, jobs: int) -> dict:
