@@ -29,7 +29,10 @@ ERROR_CLASSES = (
     ("illegal memory access", "cuda_illegal_memory_access"),
     ("CUBLAS_STATUS", "cublas_failure"),
     ("out of memory", "oom"),
-    ("device-side assert", "cuda_device_assert"),
+    ("stream is capturing", "cuda_graph_capture"),  # cudaErrorStreamCaptureUnsupported / ...Invalidated
+    ("error during capture", "cuda_graph_capture"),
+    # not "device-side assert": every CUDA error ends with "... to enable device-side assertions."
+    ("device-side assert triggered", "cuda_device_assert"),
     ("CUDA error", "cuda_error"),
 )
 
