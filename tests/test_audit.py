@@ -111,7 +111,21 @@ def test_correct_keys_replay_without_findings_and_first_only_unless_all():
             step(runner, lengths, ["a", "b"])
     assert len(stale_all.findings) == 2 and stale_all.to_json()["mismatching_replays"] == 2
     assert len(stale_first.findings) == 1 and stale_first.first.differing["max_seqlen_q"]["replayed"] == 7
-    assert stale_first.to_json()["mismatching_replays"] == 2  # counted, though only the first is kept
+    # --audit stops re-running replays at the first mismatch; --audit-all re-runs every one
+    assert stale_first.to_json()["replays_audited"] == 1 and stale_first.to_json()["replays_not_audited"] == 1
+    assert stale_all.to_json()["replays_audited"] == 2 and stale_all.to_json()["replays_not_audited"] == 0
+
+
+def test_each_finding_is_handed_over_as_it_happens():
+    saved = []
+    auditor = Auditor(keep_all=True, on_finding=saved.append)
+    runner = audited(auditor)(key_has_max_q=False)
+    step(runner, [3, 5], ["a", "b"])
+    assert saved == []
+    step(runner, [7, 2], ["a", "b"])
+    assert len(saved) == 1 and saved[0]["first"]["differing"]["max_seqlen_q"] == {"captured": 5, "replayed": 7}
+    step(runner, [9, 1], ["a", "b"])
+    assert len(saved) == 2 and len(saved[1]["findings"]) == 2
 
 
 def test_install_refuses_an_unknown_layout():

@@ -10,6 +10,7 @@ CUDA-graph replays.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 CONSTANTS = ("max_seqlen_q", "max_seqlen_k", "num_q_tokens", "max_kv_read", "num_sequences")
@@ -42,12 +43,21 @@ class Finding:
 
 @dataclass
 class Auditor:
-    keep_all: bool = False  # False: stop recording findings after the first (--audit); True: --audit-all
+    keep_all: bool = False  # False: stop at the first mismatching replay (--audit); True: keep going (--audit-all)
+    # called with to_json() after every recorded finding, so the worker can save it before a crash or timeout
+    on_finding: Callable[[dict], None] | None = None
     captured: dict = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     replays: int = 0
     captures: int = 0
-    mismatches: int = 0  # every mismatching replay, recorded in `findings` or not
+    mismatches: int = 0  # every mismatching replay that was re-run
+    not_audited: int = 0  # replays after the audit stopped (--audit stops at the first mismatch)
+
+    @property
+    def stopped(self) -> bool:
+        """--audit stops re-running replays after the first mismatch: the attribution is what it is for, and the
+        eager re-runs cost as much as the graph run itself."""
+        return not self.keep_all and bool(self.findings)
 
     def on_capture(self, launch: Launch) -> None:
         self.captures += 1
@@ -72,6 +82,8 @@ class Auditor:
         finding = Finding(step, launch.path, list(launch.key), differing, list(requests), positions, max_logit_diff)
         if self.keep_all or not self.findings:
             self.findings.append(finding)
+            if self.on_finding is not None:
+                self.on_finding(self.to_json())
         return finding
 
     @property
@@ -80,7 +92,8 @@ class Auditor:
 
     def to_json(self) -> dict:
         return {"captures": self.captures, "replays_audited": self.replays,
-                "mismatching_replays": self.mismatches, "keep_all": self.keep_all,
+                "mismatching_replays": self.mismatches, "replays_not_audited": self.not_audited,
+                "keep_all": self.keep_all,
                 "first": asdict(self.first) if self.first else None,
                 "findings": [asdict(f) for f in self.findings]}
 

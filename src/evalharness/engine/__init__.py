@@ -124,7 +124,7 @@ def run_engine(job: Job, progress: bool = True) -> RunResult:
     from tqdm import tqdm
 
     job.job_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("results.jsonl", "meta.json"):
+    for stale in ("results.jsonl", "meta.json", "audit.json"):
         (job.job_dir / stale).unlink(missing_ok=True)
     atomic_write_json(job.job_dir / "job.json", job.spec())
     log_path = job.job_dir / "worker.log"
@@ -163,6 +163,9 @@ def collect(job: Job, returncode: int, timed_out: bool, wall_s: float) -> RunRes
     meta_path, results_path = job.job_dir / "meta.json", job.job_dir / "results.jsonl"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     meta["wall_s"] = wall_s
+    audit_path = job.job_dir / "audit.json"
+    if "audit" not in meta and audit_path.exists():  # the worker died after an audit finding: keep it
+        meta["audit"] = json.loads(audit_path.read_text())
     by_index: dict[int, dict] = {}
     if results_path.exists():
         for row in read_jsonl(results_path):

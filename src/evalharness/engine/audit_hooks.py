@@ -63,6 +63,9 @@ def install(auditor: Auditor, runner_cls=None) -> None:
         if not existed:
             auditor.on_capture(launch)
             return None
+        if auditor.stopped:
+            auditor.not_audited += 1
+            return None
         carry_over_ids, prev_output_ids, output_ids = io.get_cb_kwargs()
         n = int(batch_data["logits_indices"].numel())
         stream = getattr(io, "compute_stream", None)

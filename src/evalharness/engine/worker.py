@@ -152,7 +152,9 @@ def _run(job_dir: Path, job: dict, meta: dict) -> int:
         from ..audit import Auditor
         from . import audit_hooks
 
-        auditor = Auditor(keep_all=engine["audit"] == "all")
+        # each finding is saved at once: a run that then crashes or times out keeps its attribution
+        auditor = Auditor(keep_all=engine["audit"] == "all",
+                          on_finding=lambda j: atomic_write_json(job_dir / "audit.json", j))
         audit_hooks.install(auditor)
 
     _, unsupported = _cb_config(engine, version)
