@@ -1,4 +1,5 @@
-"""Error classes for FAIL cells, checked against a CUDA error recorded on the H200 (reports/) and PyTorch's wording."""
+"""How a run ends: error classes for FAIL cells (checked against a CUDA error recorded on the H200 in reports/ and
+PyTorch's wording), what a killed worker leaves behind, and the default timeout."""
 
 from __future__ import annotations
 
@@ -25,3 +26,36 @@ def test_the_device_side_assertion_hint_is_not_an_assert():
     assert classify(f"torch.AcceleratorError: CUDA error: misaligned address\n{HINT}") == "cuda_error"
     assert classify(f"RuntimeError: CUDA error: device-side assert triggered\n{HINT}") == "cuda_device_assert"
     assert classify("ValueError: nothing CUDA about it") is None
+
+
+def test_a_run_killed_after_an_audit_finding_keeps_its_attribution(tmp_path):
+    """The worker saves each audit finding as it happens (audit.json); a worker then killed by the timeout leaves no
+    meta.json, and the parent still reports the attribution with the hang."""
+    from evalharness.audit import Auditor, Launch
+    from evalharness.config import EngineConfig
+    from evalharness.engine import Job, collect
+    from evalharness.results import atomic_write_json
+
+    job = Job(key="k", engine=EngineConfig(max_bt=384, attn="torch-flash", cuda_graph=(True, False), audit="first"),
+              model={}, prompts=["a", "b"], max_new_tokens=4, job_dir=tmp_path, timeout_s=5)
+    (tmp_path / "results.jsonl").write_text('{"index": 0, "status": "ok", "token_ids": [1], "text": "x"}\n')
+    auditor = Auditor(on_finding=lambda j: atomic_write_json(tmp_path / "audit.json", j))
+    captured = Launch("varlen", (64, 512), 5, {"full_attention": 500}, 64, 512, 2)
+    auditor.on_capture(captured)
+    auditor.on_replay(7, Launch("varlen", (64, 512), 40, {"full_attention": 510}, 64, 512, 2), [1, 2], [1, 3],
+                      ["req_0", "req_1"])
+    r = collect(job, returncode=-9, timed_out=True, wall_s=5.0)
+    assert r.status == "timeout" and r.error_class == "hang"
+    assert [s.status for s in r.samples] == ["ok", "missing"]
+    first = r.meta["audit"]["first"]
+    assert first["step"] == 7 and first["differing"]["max_seqlen_q"] == {"captured": 5, "replayed": 40}
+
+
+def test_default_timeout_covers_workers_sharing_a_gpu_and_the_audit():
+    from evalharness.pipeline import default_timeout
+
+    # the H200 controls: 600 prompts x 256 tokens, six workers on one GPU took up to ~550 s each (load + generate)
+    alone, shared = default_timeout(600, 256, cuda=True), default_timeout(600, 256, cuda=True, sharing=6)
+    assert alone > 550 and shared > 5 * alone - 5 * 300
+    assert default_timeout(600, 256, cuda=True, sharing=6, audit=True) > shared
+    assert default_timeout(4, 16, cuda=False) < default_timeout(4, 16, cuda=False, sharing=2)

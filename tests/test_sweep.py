@@ -129,6 +129,10 @@ def test_faulted_cells_fail_others_complete(baseline, tiny_llama, gsm8k_test, ca
             assert got[c] == baseline[1][c]  # PASS, read back from the shared cache
     summary = json.loads((out / "summary.json").read_text())
     assert summary["exit_code"] == 1
+    import transformers
+
+    # a killed worker leaves no versions of its own: the cell names its engine's, read by the probe
+    assert {c["transformers"] for c in summary["cells"]} == {transformers.__version__}
     for c in ("32/on", "64/on"):
         run = summary["runs"][got[c]["run"]]
         assert run["status"] == ("timeout" if fault == "hang" else "crash")

@@ -114,10 +114,13 @@ def unsupported_modes(plan: Plan, probes: dict) -> dict[str, str]:
     return out
 
 
-def default_timeout(n_prompts: int, max_new_tokens: int, cuda: bool) -> float:
-    """Generous: model load plus a slow per-token budget for the whole workload."""
-    per_token = 0.002 if cuda else 0.05
-    return 300.0 + n_prompts * max_new_tokens * per_token
+def default_timeout(n_prompts: int, max_new_tokens: int, cuda: bool, sharing: int = 1, audit: bool = False) -> float:
+    """Generous: model load plus a slow per-token budget for the whole workload, times the workers that share one
+    device (they time-slice it), doubled for --audit (graph replays are re-run eagerly). Measured on an H200: six
+    Qwen2.5-0.5B workers sharing the GPU took 430-550 s each for 600 prompts x 256 tokens; a flat 0.002 s per token
+    (607 s) timed out three healthy runs there (reports/h200-positive-controls/README.md)."""
+    per_token = 0.004 if cuda else 0.05
+    return 300.0 + n_prompts * max_new_tokens * per_token * max(1, sharing) * (2 if audit else 1)
 
 
 def workload_fingerprint(task: GSM8KTask, model: dict, s: Settings) -> str:
@@ -217,7 +220,8 @@ def prepare_jobs(s: Settings, cuda: bool | None = None, model: dict | None = Non
     out = s.out or Path("reports") / f"{time.strftime('%Y%m%d-%H%M%S')}-gsm8k"
     out.mkdir(parents=True, exist_ok=True)
     fingerprint = workload_fingerprint(task, model, s)
-    timeout = s.timeout_s or default_timeout(len(task.prompts), s.max_new_tokens, caps.cuda)
+    sharing = -(-max(1, s.jobs) // max(1, len(s.devices or [None])))  # workers per device, rounded up
+    timeout = s.timeout_s or default_timeout(len(task.prompts), s.max_new_tokens, caps.cuda, sharing, bool(s.audit))
 
     jobs = []
     for key, cfg in plan.runs.items():
@@ -250,7 +254,7 @@ def finish(p: Prepared, results: dict[str, RunResult]) -> Evaluation:
         outcomes.append(decide(mp, results[mp.run], results[mp.twin] if mp.twin else None, correct[mp.run],
                                results[off.run] if off else None, correct[off.run] if off else None,
                                Thresholds(s.alpha, s.min_drop)))
-    summary = build_summary(s, task, p.source.label, model, plan, results, outcomes)
+    summary = build_summary(s, task, p.source.label, model, plan, results, outcomes, probes)
     summary["engines"] = {name: {"path": s.engines[name], **{k: v for k, v in info.items() if k != "cb_fields"}}
                           for name, info in probes.items()}
     ev = Evaluation(s, task, model, plan, results, correct, scored, outcomes, summary, p.out)
@@ -312,8 +316,10 @@ def _run_figures(r: RunResult) -> dict:
             "wall_s": gen_s, "peak_mem_gb": r.meta.get("peak_mem_gb"), "generated_tokens": tokens}
 
 
-def _cell(o: ModeOutcome, plan: Plan, results: dict[str, RunResult]) -> dict:
+def _cell(o: ModeOutcome, plan: Plan, results: dict[str, RunResult], probes: dict | None = None) -> dict:
     run = results[o.run_key] if o.ran else RunResult(key=o.run_key, status="unsupported", samples=[])
+    # the version the run reported; a run killed before it wrote its meta falls back to its engine's probe
+    version = run.meta.get("versions", {}).get("transformers") or (probes or {}).get(o.engine, {}).get("transformers")
     served = f"served by run {o.run_key}" if o.ran else "not run: this engine cannot express the mode"
     if o.twin_key and o.ran:
         served += f", twin run {o.twin_key}" if o.twin_key != o.run_key else " (its own twin: same configuration)"
@@ -327,7 +333,7 @@ def _cell(o: ModeOutcome, plan: Plan, results: dict[str, RunResult]) -> dict:
         "twin_mismatches": o.twin_mismatches, "twin_compared": o.twin_compared, "failed_requests": o.failed_requests,
         "twin_failed_requests": o.twin_failed_requests, "p_value": o.p_value, "delta_vs_off": o.delta_vs_off,
         "inject": o.inject, "error_class": o.error_class, "run": o.run_key, "twin": o.twin_key, "served_by": served,
-        "notes": o.notes, "transformers": run.meta.get("versions", {}).get("transformers"),
+        "notes": o.notes, "transformers": version,
         "resolved_engine": run.meta.get("resolved", {}),
         "first_mismatches": [{"index": m.index, "token": m.position} for m in
                              (o.comparison.mismatches[:5] if o.comparison else [])],
@@ -382,8 +388,8 @@ SEVERITY = {"FAIL": 4, "STALE_GRAPH": 3, "ACCURACY_DROP": 2, "PASS": 1, "SKIPPED
 
 
 def build_summary(s: Settings, task: GSM8KTask, data_label: str, model: dict, plan: Plan,
-                  results: dict[str, RunResult], outcomes: list[ModeOutcome]) -> dict:
-    cells = [_cell(o, plan, results) for o in outcomes]
+                  results: dict[str, RunResult], outcomes: list[ModeOutcome], probes: dict | None = None) -> dict:
+    cells = [_cell(o, plan, results, probes) for o in outcomes]
     modes: dict[str, dict] = {}
     for c in cells:  # one max_bt: that cell; a sweep: the worst cell of the mode
         if c["mode"] not in modes or SEVERITY[c["verdict"]] > SEVERITY[modes[c["mode"]]["verdict"]]:
