@@ -1,0 +1,88 @@
+"""The committed H200 evidence (reports/h200-positive-controls/) is what the recorded tokens say.
+
+Each folder holds the tool's summary.json and the per-sample log it wrote on the GPU (samples.jsonl.xz: every
+graph run, twin and reference, with token ids and text). These tests rebuild the runs from that log and re-derive,
+with the same pure code the harness uses, every cell's twin mismatches, accuracy, McNemar p-value and verdict, and
+re-score the reference texts through lm-eval's gsm8k filters, so a summary that does not follow from its samples
+(or a scoring change that would alter a recorded verdict) fails here, on CPU."""
+
+from __future__ import annotations
+
+import json
+import lzma
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from evalharness.compare import compare_twin
+from evalharness.results import RunResult, Sample
+from evalharness.stats import mcnemar_exact, paired_counts
+
+EVIDENCE = Path(__file__).resolve().parents[1] / "reports" / "h200-positive-controls"
+FOLDERS = sorted(p.parent.name for p in EVIDENCE.glob("*/samples.jsonl.xz"))
+
+
+def load(folder: str) -> tuple[dict, dict[tuple, RunResult], dict[tuple, list[dict]]]:
+    summary = json.loads((EVIDENCE / folder / "summary.json").read_text())
+    rows = defaultdict(list)
+    with lzma.open(EVIDENCE / folder / "samples.jsonl.xz", "rt", encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            rows[(r.get("engine"), r["max_bt"], r["mode"], r["twin"])].append(r)
+    runs = {k: RunResult(key=v[0]["run"], status="ok", samples=[
+        Sample(index=r["index"], status=r["status"], token_ids=r["token_ids"], text=r["text"], error=r["error"])
+        for r in sorted(v, key=lambda r: r["index"])]) for k, v in rows.items()}
+    return summary, runs, rows
+
+
+def test_every_recorded_scenario_is_checked():
+    assert {"clean", "pre45323", "transformers-5.5.4", "coarse-key"} <= set(FOLDERS)
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_cells_follow_from_the_recorded_tokens(folder):
+    summary, runs, rows = load(folder)
+    assert summary["n"] == 600 and summary["max_bt"] == 384
+    for cell in summary["cells"]:
+        key = (cell.get("engine"), cell["max_bt"], cell["mode"])
+        run, samples = runs[(*key, False)], rows[(*key, False)]
+        assert {s["run"] for s in samples} == {cell["run"]}
+        failed = sum(s["status"] != "ok" for s in samples)
+        assert failed == cell["failed_requests"]
+        correct = [bool(s["correct"]) for s in sorted(samples, key=lambda s: s["index"])]
+        assert sum(correct) / len(correct) == pytest.approx(cell["accuracy"])
+        if cell["twin_mismatches"] is not None:
+            cmp = compare_twin(run, runs[(*key, True)])
+            assert cmp.count == cell["twin_mismatches"] and cmp.compared == cell["twin_compared"]
+            assert [[m.index, m.position] for m in cmp.mismatches[:5]] == \
+                   [[m["index"], m["token"]] for m in cell["first_mismatches"]]
+        off = rows.get((cell.get("engine"), cell["max_bt"], "off", False))
+        if cell["p_value"] is not None and off:
+            ref = sorted(off, key=lambda s: s["index"])
+            both = [i for i, s in enumerate(sorted(samples, key=lambda s: s["index"]))
+                    if s["status"] == ref[i]["status"] == "ok"]  # paired on the samples both runs finished
+            pc = paired_counts([bool(ref[i]["correct"]) for i in both], [correct[i] for i in both])
+            assert mcnemar_exact(pc.only_a, pc.only_b) == pytest.approx(cell["p_value"])
+        # the verdict's grounds: failures make FAIL, else a twin difference makes STALE_GRAPH
+        if cell["verdict"] == "STALE_GRAPH":
+            assert cell["twin_mismatches"] > 0 and failed == 0
+        if cell["verdict"] == "PASS" and cell["mode"] != "off":
+            assert cell["twin_mismatches"] == 0 and failed == 0
+        if cell["verdict"] == "FAIL":
+            assert failed > 0 or cell["twin_failed_requests"]
+
+
+def test_recorded_correctness_is_lm_evals_scoring(gsm8k_test):
+    """The reference texts of the pre45323 recording, re-scored through lm-eval's gsm8k filters and exact_match."""
+    from evalharness import data
+    from evalharness.tasks import GSM8KTask
+
+    summary, _, rows = load("pre45323")
+    off = sorted(rows[("main", 384, "off", False)], key=lambda s: s["index"])
+    task = GSM8KTask(data.resolve(str(gsm8k_test), None, summary.get("fewshot") or 8), style="fewshot",
+                     num_fewshot=8, limit=len(off))
+    scored = task.score([s["text"] for s in off])
+    assert [sc.correct["strict-match"] for sc in scored] == [s["correct"] for s in off]
+    assert [sc.answers["strict-match"] for sc in scored] == [s["answer"] for s in off]
+    assert task.targets() == [s["target"] for s in off]
