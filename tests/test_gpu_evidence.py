@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from evalharness.compare import compare_twin
+from evalharness.compare import compare_twin, paired_on_finished
 from evalharness.results import RunResult, Sample
-from evalharness.stats import mcnemar_exact, paired_counts
+from evalharness.stats import mcnemar_exact
 
 EVIDENCE = Path(__file__).resolve().parents[1] / "reports" / "h200-positive-controls"
 FOLDERS = sorted(p.parent.name for p in EVIDENCE.glob("*/samples.jsonl.xz"))
@@ -57,12 +57,10 @@ def test_cells_follow_from_the_recorded_tokens(folder):
             assert cmp.count == cell["twin_mismatches"] and cmp.compared == cell["twin_compared"]
             assert [[m.index, m.position] for m in cmp.mismatches[:5]] == \
                    [[m["index"], m["token"]] for m in cell["first_mismatches"]]
-        off = rows.get((cell.get("engine"), cell["max_bt"], "off", False))
-        if cell["p_value"] is not None and off:
-            ref = sorted(off, key=lambda s: s["index"])
-            both = [i for i, s in enumerate(sorted(samples, key=lambda s: s["index"]))
-                    if s["status"] == ref[i]["status"] == "ok"]  # paired on the samples both runs finished
-            pc = paired_counts([bool(ref[i]["correct"]) for i in both], [correct[i] for i in both])
+        off = (cell.get("engine"), cell["max_bt"], "off", False)
+        if cell["p_value"] is not None and off in rows:
+            ref = [bool(s["correct"]) for s in sorted(rows[off], key=lambda s: s["index"])]
+            pc = paired_on_finished(runs[off], run, ref, correct)
             assert mcnemar_exact(pc.only_a, pc.only_b) == pytest.approx(cell["p_value"])
         # the verdict's grounds: failures make FAIL, else a twin difference makes STALE_GRAPH
         if cell["verdict"] == "STALE_GRAPH":

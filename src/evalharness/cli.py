@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .config import UsageError, parse_compile, parse_max_bt, parse_modes, parse_switch
+from .config import UsageError, parse_compile, parse_devices, parse_max_bt, parse_modes, parse_switch
 from .verdict import EXIT_USAGE
 
 
@@ -155,7 +155,7 @@ def cmd_gsm8k(args, argv) -> int:
                  asyncs=parse_switch(args.use_async, "--async"), compiles=parse_compile(args.compile),
                  fast_paths=parse_switch(args.decode_fast_path, "--decode-fast-path"), cache=args.cache,
                  jobs=args.jobs or 0, audit="all" if args.audit_all else ("first" if args.audit else None),
-                 devices=[d.strip() for d in args.devices.split(',') if d.strip()] if args.devices else None,
+                 devices=parse_devices(args.devices),
                  task=args.task,
                  progress=not args.no_progress, command="evalharness " + shlex.join(argv))
     if getattr(args, "resume", None) is not None:

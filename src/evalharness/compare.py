@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .results import RunResult
+from .stats import Paired, paired_counts
 
 
 def first_difference(a: list[int], b: list[int]) -> int | None:
@@ -48,3 +49,10 @@ def compare_twin(run: RunResult, twin: RunResult) -> TwinComparison:
         if pos is not None:
             out.mismatches.append(Mismatch(s.index, pos, s.token_ids, t.token_ids, s.text, t.text))
     return out
+
+
+def paired_on_finished(a: RunResult, b: RunResult, correct_a: list[bool], correct_b: list[bool]) -> Paired:
+    """Paired correctness of two runs over the same prompts, on the samples both finished (a failed or missing
+    request is not a wrong answer to pair)."""
+    ok = [i for i, (x, y) in enumerate(zip(a.samples, b.samples)) if x.status == y.status == "ok"]
+    return paired_counts([correct_a[i] for i in ok], [correct_b[i] for i in ok])

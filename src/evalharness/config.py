@@ -100,6 +100,12 @@ def parse_injections(items: list[str] | None, modes: list[str], engines: list[st
     return out
 
 
+def parse_devices(text: str | None) -> list[str] | None:
+    """--devices 0,1,2 -> ["0", "1", "2"] (CUDA_VISIBLE_DEVICES values); None or empty -> None."""
+    devices = [d.strip() for d in (text or "").split(",") if d.strip()]
+    return devices or None
+
+
 def parse_switch(text: str | None, name: str) -> list[bool | None]:
     """'on,off' -> [True, False]; None -> [None] (engine default)."""
     if text is None:

@@ -220,7 +220,7 @@ def prepare_jobs(s: Settings, cuda: bool | None = None, model: dict | None = Non
     out = s.out or Path("reports") / f"{time.strftime('%Y%m%d-%H%M%S')}-gsm8k"
     out.mkdir(parents=True, exist_ok=True)
     fingerprint = workload_fingerprint(task, model, s)
-    sharing = -(-max(1, s.jobs) // max(1, len(s.devices or [None])))  # workers per device, rounded up
+    sharing = -(-worker_count(s.jobs, s.devices) // len(s.devices or [None]))  # workers per device, rounded up
     timeout = s.timeout_s or default_timeout(len(task.prompts), s.max_new_tokens, caps.cuda, sharing, bool(s.audit))
 
     jobs = []
@@ -255,11 +255,13 @@ def finish(p: Prepared, results: dict[str, RunResult]) -> Evaluation:
                                results[off.run] if off else None, correct[off.run] if off else None,
                                Thresholds(s.alpha, s.min_drop)))
     summary = build_summary(s, task, p.source.label, model, plan, results, outcomes, probes)
-    summary["engines"] = {name: {"path": s.engines[name], **{k: v for k, v in info.items() if k != "cb_fields"}}
-                          for name, info in probes.items()}
     ev = Evaluation(s, task, model, plan, results, correct, scored, outcomes, summary, p.out)
     write_reports(ev)
     return ev
+
+
+# Run statuses whose result is final and cached (result.json); the others are kept as failed.json and retried.
+CACHED_STATUSES = ("ok", "failed_requests", "unsupported")
 
 
 def run_job_cached(job: Job, progress: bool = True, retries: int = 1) -> RunResult:
@@ -274,12 +276,17 @@ def run_job_cached(job: Job, progress: bool = True, retries: int = 1) -> RunResu
         attempts += 1
         result = run_engine(job, progress=progress)
     result.meta["attempts"] = attempts
-    if result.status in ("ok", "failed_requests", "unsupported"):
+    if result.status in CACHED_STATUSES:
         atomic_write_json(cached, result.to_json())
         (job.job_dir / "failed.json").unlink(missing_ok=True)
     else:  # no cache entry (the next run retries it), but `evalharness merge` reads it as this job's outcome
         atomic_write_json(job.job_dir / "failed.json", result.to_json())
     return result
+
+
+def worker_count(jobs: int | None, devices: list[str] | None) -> int:
+    """--jobs, or by default one worker per --devices entry (one worker without devices)."""
+    return max(1, jobs or (len(devices) if devices else 1))
 
 
 def run_jobs(jobs: list[Job], workers: int = 1, devices: list[str] | None = None,
@@ -289,7 +296,7 @@ def run_jobs(jobs: list[Job], workers: int = 1, devices: list[str] | None = None
     import queue
     from concurrent.futures import ThreadPoolExecutor
 
-    workers = max(1, workers or (len(devices) if devices else 1))
+    workers = worker_count(workers, devices)
     slots: queue.Queue = queue.Queue()
     for i in range(workers):
         slots.put(devices[i % len(devices)] if devices else None)
@@ -346,7 +353,8 @@ def _cell(o: ModeOutcome, plan: Plan, results: dict[str, RunResult], probes: dic
 
 def ab_rows(outcomes: list[ModeOutcome], results: dict[str, RunResult]) -> list[dict]:
     """Engine A/B: for every cell of the first engine, the same cell under each other engine, paired on samples."""
-    from .stats import mcnemar_exact, paired_counts
+    from .compare import paired_on_finished
+    from .stats import mcnemar_exact
 
     engines = list(dict.fromkeys(o.engine for o in outcomes))
     if len(engines) < 2:
@@ -362,10 +370,7 @@ def ab_rows(outcomes: list[ModeOutcome], results: dict[str, RunResult]) -> list[
                 continue  # a cell an engine cannot express has no samples to pair
             ra, rb = results[a.run_key], results[b.run_key]
             fa, fb = _run_figures(ra), _run_figures(rb)
-            ok = [i for i, (x, y) in enumerate(zip(ra.samples, rb.samples)) if x.status == y.status == "ok"]
-            ca = [a.per_sample[i] for i in ok] if a.per_sample else []
-            cb = [b.per_sample[i] for i in ok] if b.per_sample else []
-            paired = paired_counts(ca, cb)
+            paired = paired_on_finished(ra, rb, a.per_sample, b.per_sample)
 
             def change(x, y):
                 return None if not x or y is None else 100.0 * (y - x) / x
@@ -405,7 +410,10 @@ def build_summary(s: Settings, task: GSM8KTask, data_label: str, model: dict, pl
                      "resolved": r.meta.get("resolved", {}), "notes": r.meta.get("notes", []), **_run_figures(r)}
     return {
         "modes": modes, "cells": cells, "cells_by_id": {c["id"]: c for c in cells},
-        "engines": {name: {"path": path} for name, path in s.engines.items()}, "ab": ab_rows(outcomes, results),
+        # each engine's path and what its probe read (versions, tuple graphs), less the raw config field list
+        "engines": {name: {"path": path, **{k: v for k, v in (probes or {}).get(name, {}).items() if k != "cb_fields"}}
+                    for name, path in s.engines.items()},
+        "ab": ab_rows(outcomes, results),
         "max_bt": s.max_bts[0], "max_bts": s.max_bts, "model": model["label"], "data": data_label,
         "n": len(task.prompts), "prompt": f"{s.prompt}, {task.num_fewshot}-shot", "filter": task.primary_filter,
         "attn": s.attn, "dtype": s.dtype, "max_new_tokens": s.max_new_tokens,

@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 
 from . import __version__
-from .config import EngineConfig, UsageError
+from .config import EngineConfig, UsageError, parse_devices
 from .results import RunResult, atomic_write_json
 
 SETTINGS_FILE = "settings.json"
@@ -94,7 +94,7 @@ def resume_settings(args):
     if args.jobs:
         s.jobs = args.jobs
     if args.devices:
-        s.devices = [d.strip() for d in args.devices.split(",") if d.strip()]
+        s.devices = parse_devices(args.devices)
     s.progress = not args.no_progress
     return s
 
@@ -271,14 +271,14 @@ def cmd_plan(args, argv) -> int:
 
 
 def cmd_run_job(args, argv) -> int:
-    from .pipeline import run_job_cached
+    from .pipeline import CACHED_STATUSES, run_job_cached
 
     doc = load_plan(args.dir)
     entry = pick(doc, args.job)
     job = job_from_entry(doc, entry, Path(args.dir))
     cached = (job.job_dir / "result.json").is_file()
     r = run_job_cached(job, progress=not args.no_progress)
-    where = job.job_dir / ("result.json" if r.status in ("ok", "failed_requests", "unsupported") else "failed.json")
+    where = job.job_dir / ("result.json" if r.status in CACHED_STATUSES else "failed.json")
     err = f" [{r.error_class}] {r.error}" if r.error_class else ""
     print(f"job {entry['index']} {entry['id']}: {r.status}{err}{' (already done)' if cached else ''} -> {where}")
     return 0

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .compare import TwinComparison, compare_twin
+from .compare import TwinComparison, compare_twin, paired_on_finished
 from .config import REFERENCE_MODE, ModePlan
 from .results import RunResult
-from .stats import mcnemar_exact, paired_counts, wilson_ci
+from .stats import mcnemar_exact, wilson_ci
 
 PASS, SKIPPED, STALE_GRAPH, ACCURACY_DROP, FAIL = "PASS", "SKIPPED", "STALE_GRAPH", "ACCURACY_DROP", "FAIL"
 FINDINGS = (STALE_GRAPH, ACCURACY_DROP, FAIL)
@@ -78,8 +78,7 @@ def decide(plan: ModePlan, run: RunResult, twin: RunResult | None, correct: list
         outcome.twin_mismatches = outcome.comparison.count
         outcome.twin_compared = outcome.comparison.compared
     if off_run is not None and off_correct is not None and plan.mode != REFERENCE_MODE:
-        ok = [i for i, (a, b) in enumerate(zip(run.samples, off_run.samples)) if a.status == b.status == "ok"]
-        paired = paired_counts([off_correct[i] for i in ok], [correct[i] for i in ok])
+        paired = paired_on_finished(off_run, run, off_correct, correct)
         outcome.delta_vs_off = paired.delta if paired.n else None
         outcome.p_value = mcnemar_exact(paired.only_a, paired.only_b)
 

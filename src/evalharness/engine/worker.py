@@ -69,6 +69,12 @@ def workload_blocks(inputs: list[list[int]], max_new_tokens: int, block_size: in
     return sum(-(-(len(x) + max_new_tokens) // block_size) for x in inputs) + 16
 
 
+def _tuple_graphs(config_cls) -> bool:
+    """Whether this ContinuousBatchingConfig's use_cuda_graph takes a (varlen, decode) tuple (5.6+) or a bool only."""
+    field = config_cls.__dataclass_fields__.get("use_cuda_graph")
+    return field is not None and "tuple" in str(field.type)
+
+
 def _cb_config(engine: dict, version: str, num_blocks: int | None = None):
     """Build ContinuousBatchingConfig from the fields this transformers build has; report what it cannot express."""
     import dataclasses
@@ -78,7 +84,7 @@ def _cb_config(engine: dict, version: str, num_blocks: int | None = None):
     fields = {f.name for f in dataclasses.fields(ContinuousBatchingConfig)}
     gv, gd = engine["cuda_graph"]
     kwargs = {"max_batch_tokens": engine["max_bt"]}
-    tuple_ok = "tuple" in str(ContinuousBatchingConfig.__dataclass_fields__["use_cuda_graph"].type)
+    tuple_ok = _tuple_graphs(ContinuousBatchingConfig)
     if gv != gd and not tuple_ok:
         return None, (f"transformers {version} takes only a bool use_cuda_graph: graphs on one path only "
                       "(varlen or decode) cannot be expressed")
@@ -252,9 +258,8 @@ def probe() -> dict:
 
     from transformers import ContinuousBatchingConfig
 
-    fields = {f.name: str(f.type) for f in dataclasses.fields(ContinuousBatchingConfig)}
-    return {**_versions(), "tuple_graphs": "tuple" in fields.get("use_cuda_graph", ""),
-            "cb_fields": sorted(fields)}
+    fields = sorted(f.name for f in dataclasses.fields(ContinuousBatchingConfig))
+    return {**_versions(), "tuple_graphs": _tuple_graphs(ContinuousBatchingConfig), "cb_fields": fields}
 
 
 def main(argv: list[str] | None = None) -> int:
