@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from evalharness.compare import Mismatch, TwinComparison
+from evalharness.twin import Mismatch, TwinComparison
 from evalharness.config import Axes, ModePlan
 from evalharness.html_report import render, write_html
 from evalharness.history import Drift

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from evalharness.compare import compare_twin, first_difference
+from evalharness.twin import compare_twin, first_difference
 from evalharness.results import RunResult, Sample
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from evalharness.compare import compare_twin, paired_on_finished
+from evalharness.twin import compare_twin, paired_on_finished
 from evalharness.results import RunResult, Sample
 from evalharness.stats import mcnemar_exact
 
@@ -74,7 +74,7 @@ def test_cells_follow_from_the_recorded_tokens(folder):
 def test_recorded_correctness_is_lm_evals_scoring(gsm8k_test):
     """The reference texts of the pre45323 recording, re-scored through lm-eval's gsm8k filters and exact_match."""
     from evalharness import data
-    from evalharness.tasks import GSM8KTask
+    from evalharness.gsm8k import GSM8KTask
 
     summary, _, rows = load("pre45323")
     off = sorted(rows[("main", 384, "off", False)], key=lambda s: s["index"])

@@ -38,7 +38,7 @@ def model_dir():
 def lmeval_run(model_dir, tmp_path_factory):
     folder, gguf = model_dir
     out = tmp_path_factory.mktemp("lmeval")
-    cmd = [sys.executable, "-m", "evalharness.lmeval", "--include_path", "tasks", "--tasks", TASK,
+    cmd = [sys.executable, "-m", "evalharness.lmeval", "--include_path", "tests/tasks", "--tasks", TASK,
            "--num_fewshot", str(SHOTS), "--model", "cb",
            "--model_args", f"pretrained={folder},gguf_file={gguf},cuda_graph=off,max_batch_tokens=384,attn=sdpa,"
                            "progress=false",
@@ -60,11 +60,11 @@ def test_lm_eval_cb_reports_exact_match(lmeval_run):
 
 
 def test_harness_scorer_gives_lm_evals_numbers(lmeval_run, monkeypatch):
-    from evalharness.taskspec import TaskSpec
+    from evalharness.lmeval_task import TaskSpec
 
     _, results, samples, _ = lmeval_run
     monkeypatch.chdir(REPO)
-    task = TaskSpec(TASK, num_fewshot=SHOTS, limit=LIMIT)
+    task = TaskSpec(TASK, num_fewshot=SHOTS, limit=LIMIT, include_path=[str(REPO / "tests" / "tasks")])
     by_doc = {}
     for row in samples:
         by_doc.setdefault(row["doc_id"], {})[row["filter"]] = row
@@ -85,14 +85,14 @@ def test_harness_scorer_gives_lm_evals_numbers(lmeval_run, monkeypatch):
 def test_harness_task_run_matches_lm_eval_cb(lmeval_run, tmp_path):
     _, _, samples, samples_path = lmeval_run
     out = tmp_path / "report"
-    cmd = [sys.executable, "-m", "evalharness", "gsm8k", "--task", TASK, "--fewshot", str(SHOTS), "--limit",
+    cmd = [sys.executable, "-m", "evalharness", "gsm8k", "--task", TASK, "--include-path", "tests/tasks", "--fewshot", str(SHOTS), "--limit",
            str(LIMIT), "--max-new-tokens", str(NEW), "--graphs", "off", "--out", str(out), "--no-progress"]
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
-    from evalharness.taskspec import TaskSpec
+    from evalharness.lmeval_task import TaskSpec
 
-    task = TaskSpec(TASK, num_fewshot=SHOTS, limit=LIMIT)
+    task = TaskSpec(TASK, num_fewshot=SHOTS, limit=LIMIT, include_path=[str(REPO / "tests" / "tasks")])
     ours = {r["index"]: task.cut(r["text"]) for r in rows if r["mode"] == "off"}
     theirs = {r["doc_id"]: r["resps"][0][0] for r in samples if r["filter"] == "strict-match"}
     assert ours == theirs  # same engine, same configuration, same tokens
@@ -107,7 +107,7 @@ def test_lm_eval_cb_applies_the_chat_template(model_dir, tmp_path):
     """--apply_chat_template: lm-eval renders the prompt with the model's own chat template (as HFLM does) and the
     `cb` model generates an answer to that conversation."""
     folder, gguf = model_dir
-    cmd = [sys.executable, "-m", "evalharness.lmeval", "--include_path", "tasks", "--tasks",
+    cmd = [sys.executable, "-m", "evalharness.lmeval", "--include_path", "tests/tasks", "--tasks",
            "evalharness_gsm8k_chat_local", "--model", "cb", "--apply_chat_template",
            "--model_args", f"pretrained={folder},gguf_file={gguf},cuda_graph=off,max_batch_tokens=384,attn=sdpa,"
                            "progress=false",

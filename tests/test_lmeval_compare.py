@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from evalharness import logcompare
+from evalharness import compare
 from evalharness.cli import main
 from evalharness.config import UsageError
 
@@ -47,7 +47,7 @@ def test_lmeval_logs_exact_mcnemar(tmp_path, counts):
     a, b = pattern(*counts)
     fa = write(tmp_path / "samples_a.jsonl", lmeval_rows(a))
     fb = write(tmp_path / "samples_b.jsonl", lmeval_rows(b))
-    c = logcompare.compare(logcompare.load(fa), logcompare.load(fb))
+    c = compare.compare(compare.load(fa), compare.load(fb))
     both, only_a, only_b, neither = counts
     assert (c.n, c.both, c.only_a, c.only_b, c.neither) == (len(a), both, only_a, only_b, neither)
     assert c.p_value == pytest.approx(exact_mcnemar(only_a, only_b), rel=1e-12)
@@ -69,9 +69,9 @@ def test_filter_selection_and_flip_answers(tmp_path):
         if r["filter"] == "flexible-extract":
             r.update(exact_match=1.0 if r["doc_id"] < 2 else 0.0)
     fa, fb = write(tmp_path / "a.jsonl", a), write(tmp_path / "b.jsonl", b)
-    strict = logcompare.compare(logcompare.load(fa), logcompare.load(fb))
+    strict = compare.compare(compare.load(fa), compare.load(fb))
     assert [(f.key, f.a_answer, f.b_answer) for f in strict.flips] == [(1, "1", "2")]
-    flex = logcompare.compare(logcompare.load(fa, "flexible-extract"), logcompare.load(fb, "flexible-extract"))
+    flex = compare.compare(compare.load(fa, "flexible-extract"), compare.load(fb, "flexible-extract"))
     assert flex.flips == [] and flex.p_value == 1.0
 
 
@@ -89,11 +89,11 @@ def test_harness_samples_by_mode(tmp_path):
     a, b = pattern(6, 5, 1, 3)
     f1 = write(tmp_path / "one.jsonl", harness_rows({"off": a, "on": b}))
     f2 = write(tmp_path / "two.jsonl", harness_rows({"off": b}))
-    c = logcompare.compare(logcompare.load(f1, mode="off"), logcompare.load(f2, mode="off"))
+    c = compare.compare(compare.load(f1, mode="off"), compare.load(f2, mode="off"))
     assert (c.only_a, c.only_b) == (5, 1)
     assert c.p_value == pytest.approx(exact_mcnemar(5, 1))
     # twins are never read: mode `on` of file one is exactly b
-    same = logcompare.compare(logcompare.load(f1, mode="on"), logcompare.load(f2, mode="off"))
+    same = compare.compare(compare.load(f1, mode="on"), compare.load(f2, mode="off"))
     assert same.flips == []
 
 
@@ -139,4 +139,4 @@ def test_different_documents_are_not_paired(tmp_path):
     other[1]["doc_hash"] = "changed"
     fa, fb = write(tmp_path / "a.jsonl", rows), write(tmp_path / "b.jsonl", other)
     with pytest.raises(UsageError, match="different document"):
-        logcompare.compare(logcompare.load(fa), logcompare.load(fb))
+        compare.compare(compare.load(fa), compare.load(fb))

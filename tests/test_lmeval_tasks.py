@@ -1,4 +1,4 @@
-"""tasks/ (src/evalharness/lmtasks): every YAML loads through lm-eval's TaskManager and renders lm-eval's prompts."""
+"""tasks/ (shipped as evalharness/tasks) and tests/tasks (the _local variants): every YAML loads through lm-eval's TaskManager and renders lm-eval's prompts."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "gsm8k"
-TASKS = REPO / "src" / "evalharness" / "lmtasks"
-YAMLS = sorted(TASKS.glob("*.yaml"))
+TASKS = REPO / "tasks"
+YAMLS = sorted(TASKS.glob("*.yaml")) + sorted((REPO / "tests" / "tasks").glob("*.yaml"))
 needs_data = pytest.mark.skipif(not (DATA / "test.jsonl").is_file(), reason=f"GSM8K data not found at {DATA}")
 
 
@@ -17,11 +17,14 @@ needs_data = pytest.mark.skipif(not (DATA / "test.jsonl").is_file(), reason=f"GS
 def tm():
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=str(REPO / "tasks"), include_defaults=False)
+    return TaskManager(include_path=[str(TASKS), str(REPO / "tests" / "tasks")], include_defaults=False)
 
 
-def test_symlink_and_variants():
-    assert (REPO / "tasks").resolve() == TASKS
+def test_variants_and_no_shared_paths_in_the_package():
+    from evalharness.lmeval_task import TASKS_DIR
+
+    assert TASKS_DIR == TASKS.resolve()
+    assert not any("shared" in p.read_text() for p in TASKS.glob("*.yaml"))  # the package never points at ../shared
     names = {p.stem for p in YAMLS}
     for base in ("evalharness_gsm8k", "evalharness_gsm8k_cot", "evalharness_gsm8k_chat", "evalharness_gsm8k_platinum"):
         assert {base, base + "_local"} <= names
@@ -31,7 +34,7 @@ def test_symlink_and_variants():
 def test_every_yaml_is_indexed_and_inherits_lm_eval(tm, path):
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    from evalharness.lmtasks._inherit import INCLUDE_KEY, lm_eval_tasks_dir, merged_config
+    from evalharness.lmeval_inherit import INCLUDE_KEY, lm_eval_tasks_dir, merged_config
 
     assert path.stem in tm.all_subtasks
     raw = load_yaml(path, resolve_func=True)
@@ -63,13 +66,13 @@ def test_local_tasks_load_and_build_requests(tm, name, monkeypatch):
 @pytest.mark.parametrize("style", ["fewshot", "cot", "chat"])
 def test_taskspec_renders_the_same_prompts_as_gsm8ktask(style):
     from evalharness import data
-    from evalharness.tasks import GSM8KTask
-    from evalharness.taskspec import STYLE_TASKS, TaskSpec
+    from evalharness.gsm8k import GSM8KTask
+    from evalharness.lmeval_task import STYLE_TASKS, TaskSpec
 
     test = str(DATA / "test.jsonl")
     old = GSM8KTask(data.resolve(test, None, 5 if style == "fewshot" else 0), style=style, limit=3)
     new = TaskSpec(STYLE_TASKS[style], data=test, limit=3)
-    local = TaskSpec(STYLE_TASKS[style] + "_local", limit=3)  # the YAML's own relative data paths
+    local = TaskSpec(STYLE_TASKS[style] + "_local", limit=3, include_path=[str(REPO / "tests" / "tasks")])
     assert old.prompts == new.prompts == local.prompts
     assert old.until == new.until and old.primary_filter == new.primary_filter == local.primary_filter
     assert new.style == style
@@ -79,7 +82,7 @@ def test_taskspec_renders_the_same_prompts_as_gsm8ktask(style):
 
 def test_unknown_and_unsupported_tasks():
     from evalharness.config import UsageError
-    from evalharness.taskspec import TaskSpec
+    from evalharness.lmeval_task import TaskSpec
 
     with pytest.raises(UsageError, match="an lm-eval tag"):
-        TaskSpec("evalharness_local")
+        TaskSpec("evalharness_local", include_path=[str(REPO / "tests" / "tasks")])

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from evalharness import sweep
+from evalharness import store
 from evalharness.cli import main
 from evalharness.pipeline import Settings
 
@@ -50,7 +50,7 @@ def test_settings_round_trip(tmp_path, gsm8k_test):
     s = Settings(model="org/name", data=str(gsm8k_test), limit=3, modes=["off", "on"], max_bts=[32, 64],
                  inject=["on=abort"], out=tmp_path / "out", cache=tmp_path / "cache", asyncs=[None, True],
                  engines={"default": None, "b": "/x"}, devices=["0", "1"])
-    back = sweep.settings_from_json(json.loads(json.dumps(sweep.settings_json(s))))
+    back = store.settings_from_json(json.loads(json.dumps(store.settings_json(s))))
     assert back == s
 
 
@@ -61,16 +61,16 @@ def test_job_hash_covers_every_ingredient(tmp_path, monkeypatch):
     model = {"path": str(model_dir)}
     base = dict(fingerprint="f", python="/py", pythonpath=None, run_key="k", probe={"transformers": "5.24"},
                 model=model)
-    h = sweep.job_hash(**base)
-    assert h == sweep.job_hash(**base)
+    h = store.job_hash(**base)
+    assert h == store.job_hash(**base)
     for name, value in [("fingerprint", "g"), ("python", "/other/py"), ("pythonpath", "/tf"), ("run_key", "k2"),
                         ("probe", {"transformers": "5.5.4"})]:
-        assert sweep.job_hash(**{**base, name: value}) != h, name
+        assert store.job_hash(**{**base, name: value}) != h, name
     (model_dir / "model.safetensors").write_bytes(b"xy")  # other weights
-    assert sweep.job_hash(**base) != h
-    h = sweep.job_hash(**base)
-    monkeypatch.setattr(sweep, "__version__", "9.9.9")
-    assert sweep.job_hash(**base) != h
+    assert store.job_hash(**base) != h
+    h = store.job_hash(**base)
+    monkeypatch.setattr(store, "__version__", "9.9.9")
+    assert store.job_hash(**base) != h
 
 
 def test_resume_takes_no_other_options(tmp_path, capsys):

@@ -1,7 +1,7 @@
 """`--task NAME`: any lm-eval generate_until task, loaded by name through lm-eval's TaskManager.
 
-Names are looked up in our `lmtasks/` first (the GSM8K variants: `evalharness_gsm8k`, `_cot`, `_chat`, `_platinum`,
-each also `_local`), then among lm-eval's own tasks (indexing those takes ~10 s). `gsm8k` is the short form of
+Names are looked up in our `tasks/` first (the GSM8K variants: `evalharness_gsm8k`, `_cot`, `_chat`, `_platinum`)
+and in `--include-path` folders, then among lm-eval's own tasks (indexing those takes ~10 s). `gsm8k` is the short form of
 `evalharness_gsm8k`. A `TaskSpec` has the interface of `GSM8KTask` (prompts, until, filters, primary_filter,
 instances, targets(), questions(), score(texts), cut(text), num_fewshot, style), so the pipeline treats both alike.
 """
@@ -15,46 +15,51 @@ from pathlib import Path
 from . import data as data_mod
 from .config import UsageError
 from .data import DataSource
-from .lmtasks import TASKS_DIR
-from .tasks import GSM8KTask
+from .gsm8k import GSM8KTask
 
-# style -> our task in lmtasks/ (hub data) that renders the same prompts as `--prompt STYLE`
+# style -> our task in tasks/ (hub data) that renders the same prompts as `--prompt STYLE`
 STYLE_TASKS = {"fewshot": "evalharness_gsm8k", "cot": "evalharness_gsm8k_cot", "chat": "evalharness_gsm8k_chat"}
 SHORT_NAMES = {"gsm8k": "evalharness_gsm8k"}
-REPO_ROOT = TASKS_DIR.parents[2]  # src/evalharness/lmtasks -> the checkout (only used to find relative data files)
+# evalharness/tasks/ in an installed wheel; the top-level tasks/ folder beside the package in a source checkout
+TASKS_DIR = next((p for p in (Path(__file__).resolve().parent / "tasks", Path(__file__).resolve().parents[1] / "tasks")
+                  if (p / "evalharness_gsm8k.yaml").is_file()), Path(__file__).resolve().parent / "tasks")
 
 
-@functools.lru_cache(maxsize=2)
-def task_manager(include_defaults: bool):
-    """lm-eval's TaskManager over our lmtasks/ (plus lm-eval's own tasks when include_defaults)."""
+@functools.lru_cache(maxsize=4)
+def task_manager(include_defaults: bool, include_path: tuple[str, ...] = ()):
+    """lm-eval's TaskManager over our tasks/ and `include_path` (plus lm-eval's own tasks when include_defaults)."""
     from lm_eval.tasks import TaskManager
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    return TaskManager(include_path=str(TASKS_DIR), include_defaults=include_defaults)
+    return TaskManager(include_path=[str(TASKS_DIR), *include_path], include_defaults=include_defaults)
 
 
-def our_tasks() -> list[str]:
-    return sorted(task_manager(False).all_subtasks)
+def our_tasks(include_path: tuple[str, ...] = ()) -> list[str]:
+    return sorted(task_manager(False, include_path).all_subtasks)
 
 
-def task_config(name: str) -> dict:
+def task_config(name: str, include_path: tuple[str, ...] = ()) -> dict:
     """The full config of a named generate_until task (includes and `!function`s resolved)."""
     from lm_eval.tasks._index import Kind
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    from .lmtasks._inherit import INCLUDE_KEY, merged_config
+    from .lmeval_inherit import INCLUDE_KEY, merged_config
 
     name = SHORT_NAMES.get(name, name)
-    tm = task_manager(False)
+    for p in include_path:
+        if not Path(p).is_dir():
+            raise UsageError(f"--include-path {p}: not a folder")
+    tm = task_manager(False, include_path)
     if name not in tm.task_index:
-        tm = task_manager(True)
+        tm = task_manager(True, include_path)
     entry = tm.task_index.get(name)
     if entry is None:
-        raise UsageError(f"--task {name}: no such lm-eval task (ours: gsm8k, {', '.join(our_tasks())})")
+        raise UsageError(f"--task {name}: no such lm-eval task (ours: gsm8k, {', '.join(our_tasks(include_path))})")
     if entry.kind not in (Kind.TASK, Kind.PY_TASK) or entry.yaml_path is None:
         raise UsageError(f"--task {name}: an lm-eval {entry.kind.name.lower()}, not a single task; name one of its "
                          "tasks")
     cfg = load_yaml(entry.yaml_path, resolve_func=True)
+    cfg["__yaml_dir__"] = str(Path(entry.yaml_path).resolve().parent)
     if entry.kind == Kind.PY_TASK:
         if INCLUDE_KEY not in cfg:
             raise UsageError(f"--task {name}: a Python-defined lm-eval task; only YAML tasks are supported")
@@ -82,8 +87,9 @@ def shots_from_split(cfg: dict, num_fewshot: int | None) -> int:
 
 
 def localise_data_files(cfg: dict, name: str) -> dict:
-    """Relative data_files (as in our `_local` YAMLs) made absolute: against the working directory, as lm-eval does,
-    else against the repository root."""
+    """Relative data_files made absolute: against the working directory, as lm-eval does, else against the YAML's
+    own folder."""
+    yaml_dir = Path(cfg.pop("__yaml_dir__", Path.cwd()))
     kwargs = dict(cfg.get("dataset_kwargs") or {})
     files = kwargs.get("data_files")
     if not files:
@@ -93,11 +99,11 @@ def localise_data_files(cfg: dict, name: str) -> dict:
         path = Path(str(p)).expanduser()
         if path.is_absolute() or "://" in str(p):
             return str(p)
-        for base in (Path.cwd(), REPO_ROOT):
+        for base in (Path.cwd(), yaml_dir):
             if (base / path).exists():
                 return str((base / path).resolve())
-        raise UsageError(f"--task {name}: data file {p} not found from the working directory or {REPO_ROOT} "
-                         "(run from the repository root, or pass --data FILE)")
+        raise UsageError(f"--task {name}: data file {p} not found from the working directory or {yaml_dir} "
+                         "(pass --data FILE)")
 
     if isinstance(files, dict):
         kwargs["data_files"] = {k: [fix(x) for x in v] if isinstance(v, list) else fix(v) for k, v in files.items()}
@@ -128,19 +134,21 @@ class TaskSpec(GSM8KTask):
     """
 
     def __init__(self, name: str, data: str | None = None, fewshot_data: str | None = None,
-                 num_fewshot: int | None = None, limit: int | None = None, primary_filter: str | None = None):
+                 num_fewshot: int | None = None, limit: int | None = None, primary_filter: str | None = None,
+                 include_path: tuple[str, ...] | list[str] = ()):
         if limit is not None and limit <= 0:
             raise UsageError("--limit must be a positive integer")
         if num_fewshot is not None and num_fewshot < 0:
             raise UsageError("--fewshot must be >= 0")
         self.name = SHORT_NAMES.get(name, name)
-        cfg = task_config(self.name)
+        cfg = task_config(self.name, tuple(str(p) for p in include_path))
         hints = harness_hints(cfg)
         self.style = hints.get("style", "fewshot")
         self.num_fewshot = (cfg.get("num_fewshot") or 0) if num_fewshot is None else num_fewshot
         if self.style == "chat" and self.num_fewshot:
             raise UsageError(f"--task {self.name} is zero-shot chat; drop --fewshot")
         if data:
+            cfg.pop("__yaml_dir__", None)
             source = data_mod.resolve(data, fewshot_data, shots_from_split(cfg, num_fewshot))
             cfg.update(source.task_overrides())
             if not source.fewshot_split:

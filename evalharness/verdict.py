@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .compare import TwinComparison, compare_twin, paired_on_finished
+from .twin import TwinComparison, compare_twin, paired_on_finished
 from .config import REFERENCE_MODE, ModePlan
 from .results import RunResult
 from .stats import mcnemar_exact, wilson_ci

@@ -20,7 +20,7 @@ from .engine import Job, run_engine
 from .report import write_markdown
 from .html_report import write_html
 from .results import RunResult, atomic_write_json, atomic_write_jsonl
-from .tasks import PROMPTS, GSM8KTask
+from .gsm8k import PROMPTS, GSM8KTask
 from .verdict import ModeOutcome, Thresholds, decide, exit_code
 
 
@@ -34,7 +34,8 @@ class Settings:
     modes: list[str] = field(default_factory=lambda: ["off", "on", "varlen", "decode"])
     max_bts: list[int] = field(default_factory=lambda: [384])
     prompt: str = "fewshot"
-    task: str | None = None  # a named lm-eval generate_until task (taskspec.py); its YAML fixes the prompt
+    task: str | None = None  # a named lm-eval generate_until task (lmeval_task.py); its YAML fixes the prompt
+    include_path: list[str] = field(default_factory=list)  # extra lm-eval task folders searched for `task`
     fewshot: int | None = None
     max_new_tokens: int = 256
     attn: str = "sdpa"
@@ -152,12 +153,12 @@ def prepare(s: Settings, model: dict | None = None):
     (as models.resolve returned it, e.g. where a plan was made) is used as is."""
     injections = parse_injections(s.inject, s.modes, list(s.engines))
     if s.task:
-        from .taskspec import TaskSpec
+        from .lmeval_task import TaskSpec
 
         if s.prompt != "fewshot":
             raise UsageError("--task and --prompt: give one (the task's YAML fixes its prompt)")
         task = TaskSpec(s.task, data=s.data, fewshot_data=s.fewshot_data, num_fewshot=s.fewshot, limit=s.limit,
-                        primary_filter=s.filter)
+                        primary_filter=s.filter, include_path=s.include_path)
         s.prompt = task.style  # chat tasks get the model's chat template from the worker, as --prompt chat does
         model = model or models.resolve(s.model, s.gguf_file, s.dtype, s.trust_remote_code)
         return task.source, task, model, injections
@@ -172,7 +173,7 @@ def prepare(s: Settings, model: dict | None = None):
 @dataclass
 class Prepared:
     """Everything decided before any engine runs: the jobs, and what `finish` needs to turn their results into
-    verdicts and reports (evaluate = prepare_jobs + run_jobs + finish; sweep.py's plan/run-job/merge split them)."""
+    verdicts and reports (evaluate = prepare_jobs + run_jobs + finish; store.py's plan/run-job/merge split them)."""
 
     settings: Settings
     saved: dict  # the settings as given (settings.json), before prepare() filled anything in
@@ -191,7 +192,7 @@ class Prepared:
 
 
 def evaluate(s: Settings) -> Evaluation:
-    from .sweep import save_settings
+    from .store import save_settings
 
     p = prepare_jobs(s)
     save_settings(p)  # first, so that `--resume OUT` can finish a run killed at any later point
@@ -202,7 +203,7 @@ def prepare_jobs(s: Settings, cuda: bool | None = None, model: dict | None = Non
                  interpreters: dict | None = None) -> Prepared:
     """Plan the engine runs of `s` as jobs. Given `cuda`, `model`, `probes` or `interpreters` (from a plan made
     elsewhere) are used instead of asking this machine."""
-    from .sweep import job_hash, settings_json
+    from .store import job_hash, settings_json
 
     saved = settings_json(s)
     source, task, model, injections = prepare(s, model)
@@ -353,7 +354,7 @@ def _cell(o: ModeOutcome, plan: Plan, results: dict[str, RunResult], probes: dic
 
 def ab_rows(outcomes: list[ModeOutcome], results: dict[str, RunResult]) -> list[dict]:
     """Engine A/B: for every cell of the first engine, the same cell under each other engine, paired on samples."""
-    from .compare import paired_on_finished
+    from .twin import paired_on_finished
     from .stats import mcnemar_exact
 
     engines = list(dict.fromkeys(o.engine for o in outcomes))

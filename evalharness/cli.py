@@ -70,8 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-bt", default="384", help="max_batch_tokens: 384, a list 128,256 or a range 128:1024:128")
     g.add_argument("--prompt", default="fewshot", choices=["fewshot", "cot", "chat"])
     g.add_argument("--task", help="an lm-eval generate_until task instead of --prompt: one of ours "
-                                  "(evalharness_gsm8k, _cot, _chat, _platinum, each also _local; gsm8k is "
-                                  "evalharness_gsm8k) or any lm-eval task name")
+                                  "(evalharness_gsm8k, _cot, _chat, _platinum; gsm8k is evalharness_gsm8k), one "
+                                  "in an --include-path folder, or any lm-eval task name")
+    g.add_argument("--include-path", action="append", default=[], metavar="DIR",
+                   help="a folder of lm-eval task YAMLs searched for --task (repeatable), as lm_eval --include_path")
     g.add_argument("--fewshot", type=int, help="number of shots (default 5 for fewshot, 8 for cot)")
     g.add_argument("--max-new-tokens", type=_positive_int("--max-new-tokens"), default=256)
     g.add_argument("--attn", default="sdpa", help="attention backend(s), comma-separated (an axis): sdpa, eager, "
@@ -120,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--mode", default="off", help="samples.jsonl: graph mode to compare (default off)")
     c.add_argument("--max-bt", type=int, help="samples.jsonl: max_bt, when the file holds a sweep")
     c.add_argument("--json", action="store_true", help="print the comparison as JSON")
-    from .sweep import add_parsers
+    from .store import add_parsers
 
     add_parsers(sub, g)  # plan (gsm8k's options), run-job, merge
     g.add_argument("--resume", type=Path, metavar="DIR", help="finish the run in DIR with its saved settings "
@@ -132,11 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_compare(args, argv) -> int:
     import json
 
-    from . import logcompare
+    from . import compare
 
-    logs = [logcompare.load(f, args.filter, args.metric, args.mode, args.max_bt) for f in (args.a, args.b)]
-    result = logcompare.compare(*logs)
-    print(json.dumps(result.to_json(), indent=2) if args.json else logcompare.render(result))
+    logs = [compare.load(f, args.filter, args.metric, args.mode, args.max_bt) for f in (args.a, args.b)]
+    result = compare.compare(*logs)
+    print(json.dumps(result.to_json(), indent=2) if args.json else compare.render(result))
     return 0
 
 
@@ -156,14 +158,14 @@ def cmd_gsm8k(args, argv) -> int:
                  fast_paths=parse_switch(args.decode_fast_path, "--decode-fast-path"), cache=args.cache,
                  jobs=args.jobs or 0, audit="all" if args.audit_all else ("first" if args.audit else None),
                  devices=parse_devices(args.devices),
-                 task=args.task,
+                 task=args.task, include_path=[str(Path(p).resolve()) for p in args.include_path],
                  progress=not args.no_progress, command="evalharness " + shlex.join(argv))
     if getattr(args, "resume", None) is not None:
-        from .sweep import resume_settings
+        from .store import resume_settings
 
         s = resume_settings(args)
     if args.command == "plan":
-        from .sweep import write_plan
+        from .store import write_plan
 
         return write_plan(s, args)
     ev = evaluate(s)
@@ -200,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command in ("plan", "run-job", "merge"):
-            from .sweep import COMMANDS
+            from .store import COMMANDS
 
             return COMMANDS[args.command](args, argv)
         return {"gsm8k": cmd_gsm8k, "compare": cmd_compare, "history": cmd_history}[args.command](args, argv)

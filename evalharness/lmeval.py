@@ -3,7 +3,7 @@
 lm-eval 0.4.13 discovers no model plugins (no entry points), so this imports `evalharness.lmeval_model` (which
 registers `cb`) and hands the arguments to lm-eval's CLI unchanged, e.g.
 
-    python -m evalharness.lmeval --include_path tasks --tasks evalharness_gsm8k_local --model cb \\
+    python -m evalharness.lmeval --include_path tests/tasks --tasks evalharness_gsm8k_local --model cb \\
         --model_args pretrained=smollm2-135m,cuda_graph=varlen --limit 4 --log_samples --output_path out/
 """
 

@@ -3,7 +3,7 @@
 lm-eval's `include:` takes a path relative to the including YAML, which cannot point into the installed `lm_eval`
 package portably. A YAML here instead says
 
-    class: !function _inherit.LmEvalTask
+    class: !function _inherit.LmEvalTask   (tasks/_inherit.py imports it from here)
     lm_eval_include: gsm8k/gsm8k.yaml      # a path under lm_eval/tasks/
 
 and this class loads that YAML with lm-eval's own loader (its includes and `!function`s resolved), lays the keys of
