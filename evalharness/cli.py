@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .config import UsageError, parse_compile, parse_devices, parse_max_bt, parse_modes, parse_switch
+from .config import FAULTS, UsageError, parse_compile, parse_devices, parse_max_bt, parse_modes, parse_switch
 from .verdict import EXIT_USAGE
 
 
@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32", "auto"])
     g.add_argument("--out", type=Path, help="report folder (default reports/<timestamp>-gsm8k/)")
     g.add_argument("--inject", action="append", default=[], metavar="MODE=FAULT",
-                   help="inject a fault into one mode's worker: pre45323, coarse-key, perturb, abort, hang")
+                   help=f"inject a fault into one mode's worker: {', '.join(FAULTS)}")
     g.add_argument("--alpha", type=float, default=0.05, help="McNemar significance level for ACCURACY_DROP")
     g.add_argument("--min-drop", type=float, default=0.02, help="smallest accuracy drop vs off that counts")
     g.add_argument("--filter", help="lm-eval filter that decides `correct` (default strict-match; flexible-extract "

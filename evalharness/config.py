@@ -12,6 +12,8 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from .faults import FAULTS
+
 # Graph mode -> transformers' ContinuousBatchingConfig.use_cuda_graph as (varlen path, decode path).
 MODES: dict[str, tuple[bool, bool]] = {
     "off": (False, False),
@@ -29,28 +31,6 @@ DECODE_FAST_PATH_ATTN = ("flash_attention_2", "flash_attention_3")
 
 class UsageError(ValueError):
     """A bad input from the user: reported as one line, exit code 2."""
-
-
-@dataclass(frozen=True)
-class Fault:
-    name: str
-    description: str
-    patches_twin: bool  # the padded-eager twin gets the same patch, so only graph staleness can differ
-    needs_graphs: bool = False
-
-
-FAULTS: dict[str, Fault] = {
-    f.name: f
-    for f in (
-        Fault("pre45323", "varlen graph key without max_seqlen_k and raw (unpadded) max_seqlen_q/k passed to the "
-              "kernel: the behaviour before transformers PR #45323", patches_twin=True, needs_graphs=True),
-        Fault("coarse-key", "varlen graph key reduced to (num_q_tokens,)", patches_twin=False, needs_graphs=True),
-        Fault("perturb", "every 7th forward step replaces the first sampled token with token+1 (a corrupted engine "
-              "that needs no GPU)", patches_twin=False),
-        Fault("abort", "the worker aborts (SIGABRT) after its first finished request", patches_twin=False),
-        Fault("hang", "the worker sleeps past its timeout after its first finished request", patches_twin=False),
-    )
-}
 
 
 def parse_modes(text: str) -> list[str]:

@@ -24,8 +24,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .stats import mcnemar_exact, paired_counts, two_proportion_exact, wilson_ci
+from .verdict import FINDINGS
 
-FINDING_VERDICTS = ("STALE_GRAPH", "ACCURACY_DROP", "FAIL")
+FINDING_VERDICTS = tuple(v.value for v in FINDINGS)
 HISTORY_NAME = "history.jsonl"
 
 

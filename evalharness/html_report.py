@@ -16,10 +16,10 @@ import re
 from pathlib import Path
 
 from .results import atomic_write_text
-from .verdict import FINDINGS, ModeOutcome
+from .verdict import FINDINGS, ModeOutcome, Verdict, legend
 
-COLORS = {"PASS": "#1a7f37", "SKIPPED": "#6e7781", "STALE_GRAPH": "#cf222e", "ACCURACY_DROP": "#bc4c00",
-          "FAIL": "#8250df", "DRIFT": "#bc4c00"}
+# badge colours: every verdict's own, and DRIFT (a history finding, not a cell verdict)
+COLORS = {**{v.value: v.colour for v in Verdict}, "DRIFT": Verdict.ACCURACY_DROP.colour}
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px;color:#1f2328;background:#fff;max-width:1400px}
 h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #d0d7de}h3{font-size:15px}
@@ -185,7 +185,8 @@ def render(summary: dict, outcomes: list[ModeOutcome], drifts: list | None = Non
     verdicts = {}
     for c in summary["cells"]:
         verdicts[c["verdict"]] = verdicts.get(c["verdict"], 0) + 1
-    overall = flagged[0].verdict if flagged else ("DRIFT" if drifted else "PASS")
+    overall = max(flagged, key=lambda o: Verdict(o.verdict).severity).verdict if flagged else (
+        "DRIFT" if drifted else "PASS")
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -255,11 +256,8 @@ def render(summary: dict, outcomes: list[ModeOutcome], drifts: list | None = Non
             parts.append(mismatch_section(o))
         parts.append("</section>")
     parts.append("</div>")
-    parts.append('<p style="font-size:12px;color:#57606a">STALE_GRAPH = a graph run differs from its padded-eager twin '
-                 "(same padding, graphs off), which it must reproduce bit for bit; ACCURACY_DROP = significant paired "
-                 "drop vs off (exact McNemar); FAIL = crash, failed or missing requests; SKIPPED = not testable here. "
-                 "Highlighted: the first differing token id and the first differing character of the decoded text."
-                 "</p></body></html>")
+    parts.append(f'<p style="font-size:12px;color:#57606a">{esc(legend())} Highlighted: the first differing token id and the first differing\n'
+                 "character of the decoded text.</p></body></html>")
     return "\n".join(parts)
 
 

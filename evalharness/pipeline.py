@@ -21,7 +21,7 @@ from .report import write_markdown
 from .html_report import write_html
 from .results import RunResult, atomic_write_json, atomic_write_jsonl
 from .gsm8k import PROMPTS, GSM8KTask
-from .verdict import ModeOutcome, Thresholds, decide, exit_code
+from .verdict import ModeOutcome, Thresholds, Verdict, decide, exit_code
 
 
 @dataclass
@@ -390,15 +390,12 @@ def ab_rows(outcomes: list[ModeOutcome], results: dict[str, RunResult]) -> list[
     return rows
 
 
-SEVERITY = {"FAIL": 4, "STALE_GRAPH": 3, "ACCURACY_DROP": 2, "PASS": 1, "SKIPPED": 0}
-
-
 def build_summary(s: Settings, task: GSM8KTask, data_label: str, model: dict, plan: Plan,
                   results: dict[str, RunResult], outcomes: list[ModeOutcome], probes: dict | None = None) -> dict:
     cells = [_cell(o, plan, results, probes) for o in outcomes]
     modes: dict[str, dict] = {}
     for c in cells:  # one max_bt: that cell; a sweep: the worst cell of the mode
-        if c["mode"] not in modes or SEVERITY[c["verdict"]] > SEVERITY[modes[c["mode"]]["verdict"]]:
+        if c["mode"] not in modes or Verdict(c["verdict"]).severity > Verdict(modes[c["mode"]]["verdict"]).severity:
             modes[c["mode"]] = c
     versions = next((r.meta["versions"] for r in results.values() if r.meta.get("versions")), {})
     runs = {}

@@ -10,7 +10,7 @@ resolve against the suite file's folder; `${VAR}` expands from the environment.
 Every (max_bt, mode) cell (per attention backend when `attn` is a list) is one item, marked `accuracy` (and `gpu`
 for suites with `gpu = true`, whose items skip with the reason where CUDA is unavailable). The suite's evaluation
 runs once, through `evalharness.pipeline.evaluate`, in the setup of its first item; each item then reads its cell:
-PASS passes, SKIPPED skips with the reason, STALE_GRAPH / ACCURACY_DROP / FAIL fail with the verdict and its
+PASS passes, SKIPPED skips with the reason, every finding (verdict.Verdict.finding) fails with the verdict and its
 evidence. Items carry their verdict as user properties, so `--junitxml` records them.
 
 Suites are collected only when asked for: `-m` mentioning `accuracy`, `--accuracy`, or a suite file given as an
@@ -297,7 +297,7 @@ def failure_message(o, report_dir: Path | None = None) -> str:
 
 
 def record_outcome(item, o, report_dir: Path | None) -> None:
-    props = {"verdict": o.verdict, "reason": o.reason, "cell": o.cell_id, "accuracy": f"{o.accuracy:.4f}",
+    props = {"verdict": str(o.verdict), "reason": o.reason, "cell": o.cell_id, "accuracy": f"{o.accuracy:.4f}",
              "n": o.n, "correct": o.correct, "twin_mismatches": o.twin_mismatches, "twin_compared": o.twin_compared,
              "p_value": None if o.p_value is None else f"{o.p_value:.4g}",
              "delta_vs_off": None if o.delta_vs_off is None else f"{o.delta_vs_off:+.4f}",
@@ -335,11 +335,11 @@ class AccuracyItem(pytest.Item):
         raise SuiteRunError(f"no cell for mode {self.mode} at max_bt={self.max_bt} ({label}) in the evaluation")
 
     def runtest(self):
-        from .verdict import FINDINGS, SKIPPED
+        from .verdict import SKIPPED, Verdict
 
         o = self.outcome()
         record_outcome(self, o, self.parent.out)
-        if o.verdict in FINDINGS:
+        if Verdict(o.verdict).finding:
             raise AccuracyFinding(failure_message(o, self.parent.out))
         if o.verdict == SKIPPED:
             pytest.skip(f"SKIPPED: {o.reason}")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .audit import describe
 from .results import atomic_write_text
-from .verdict import FINDINGS, ModeOutcome
+from .verdict import FAIL, FINDINGS, ModeOutcome, legend
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
 
@@ -81,7 +81,7 @@ def markdown(summary: dict, outcomes: list[ModeOutcome], max_examples: int = 3) 
         attribution = summary["cells_by_id"][o.cell_id].get("attribution")
         if attribution:
             lines.append(f"  - {md_escape(describe(attribution))}")
-    fails = [o for o in outcomes if o.verdict == "FAIL"]
+    fails = [o for o in outcomes if o.verdict == FAIL]
     if fails:
         lines += ["", "## FAIL details", "", "| cell | max_bt | mode | error class | first line |",
                   "|---|---:|---|---|---|"]
@@ -122,9 +122,7 @@ def markdown(summary: dict, outcomes: list[ModeOutcome], max_examples: int = 3) 
     for key, r in summary["runs"].items():
         lines.append(f"| `{key}` | {md_escape(r['config'])} | {md_escape(', '.join(r['served']))} | {r['status']} | "
                      f"{r['generated_tokens']} | {_num(r['wall_s'])} |")
-    lines += ["", "Verdicts: STALE_GRAPH = a graph run differs from its padded-eager twin (same padding, graphs off), "
-              "which it must reproduce bit for bit; ACCURACY_DROP = significant paired drop vs `off` (exact McNemar); "
-              "FAIL = crash, failed or missing requests; SKIPPED = not testable here (reason given).", ""]
+    lines += ["", legend(), ""]
     return "\n".join(lines)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
 from .twin import TwinComparison, compare_twin, paired_on_finished
@@ -9,9 +10,56 @@ from .config import REFERENCE_MODE, ModePlan
 from .results import RunResult
 from .stats import mcnemar_exact, wilson_ci
 
-PASS, SKIPPED, STALE_GRAPH, ACCURACY_DROP, FAIL = "PASS", "SKIPPED", "STALE_GRAPH", "ACCURACY_DROP", "FAIL"
-FINDINGS = (STALE_GRAPH, ACCURACY_DROP, FAIL)
+
+class Verdict(str, enum.Enum):
+    """A cell's verdict. The value is the string written to summary.json, history and reports.
+
+    - `precedence`: when several apply to a cell, the lowest wins (the order in which `decide` checks them);
+    - `severity`: the worst cell of a mode in a sweep is the one with the highest;
+    - `finding`: a finding makes the exit code 1 and fails the pytest item;
+    - `colour` (HTML badge) and `legend` (one line in report.md, report.html and the README table).
+    """
+
+    def __new__(cls, value: str, precedence: int, severity: int, finding: bool, colour: str, legend: str):
+        obj = str.__new__(cls, value)
+        obj._value_ = value
+        obj.precedence, obj.severity, obj.finding, obj.colour, obj.legend = (precedence, severity, finding, colour,
+                                                                             legend)
+        return obj
+
+    FAIL = ("FAIL", 0, 6, True, "#8250df", "the run or its twin crashed, timed out, or has failed or missing requests")
+    STALE_GRAPH = ("STALE_GRAPH", 1, 5, True, "#cf222e",
+                   "a graph run differs from its padded-eager twin (same padding, graphs off), which it must "
+                   "reproduce bit for bit")
+    SKIPPED = ("SKIPPED", 2, 0, False, "#6e7781", "the mode cannot be tested here (reason given); never a silent pass")
+    ACCURACY_DROP = ("ACCURACY_DROP", 3, 2, True, "#bc4c00",
+                     "a significant paired accuracy drop vs `off` (exact McNemar, at least --min-drop)")
+    PASS = ("PASS", 9, 1, False, "#1a7f37", "none of the above (`off`: the reference ran cleanly)")
+
+    def __str__(self) -> str:
+        return self.value
+
+    __format__ = str.__format__
+
+
+PASS, SKIPPED, STALE_GRAPH, ACCURACY_DROP, FAIL = (Verdict.PASS, Verdict.SKIPPED, Verdict.STALE_GRAPH,
+                                                   Verdict.ACCURACY_DROP, Verdict.FAIL)
+FINDINGS = tuple(v for v in Verdict if v.finding)
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
+
+
+def legend() -> str:
+    """One line naming every verdict, in order of precedence."""
+    return "Verdicts: " + "; ".join(f"{v.value} = {v.legend}" for v in by_precedence()) + "."
+
+
+def by_precedence() -> list[Verdict]:
+    return sorted(Verdict, key=lambda v: v.precedence)
+
+
+def worst(verdicts) -> Verdict:
+    """The most severe of some verdict strings (a sweep's worst cell)."""
+    return max((Verdict(v) for v in verdicts), key=lambda v: v.severity)
 
 
 @dataclass(frozen=True)
@@ -24,7 +72,7 @@ class Thresholds:
 class ModeOutcome:
     mode: str
     max_bt: int
-    verdict: str
+    verdict: Verdict
     reason: str
     run_key: str
     twin_key: str | None
@@ -82,28 +130,29 @@ def decide(plan: ModePlan, run: RunResult, twin: RunResult | None, correct: list
         outcome.delta_vs_off = paired.delta if paired.n else None
         outcome.p_value = mcnemar_exact(paired.only_a, paired.only_b)
 
+    # every verdict that applies, with its reason; the one first in precedence wins
+    applies: dict[Verdict, str] = {}
     failure = _failure(run, "run") or (_failure(twin, "twin") if twin is not None else None)
     if failure:
-        outcome.verdict, outcome.reason = FAIL, failure
-        outcome.error_class = run.error_class or (twin.error_class if twin is not None else None)
-    elif outcome.twin_mismatches:
+        applies[FAIL] = failure
+    if outcome.twin_mismatches:
         first = outcome.comparison.mismatches[0]
-        outcome.verdict = STALE_GRAPH
-        outcome.reason = (f"{outcome.twin_mismatches}/{outcome.twin_compared} samples differ from the padded-eager "
-                          f"twin (first: sample {first.index} at token {first.position})")
-    elif plan.mode != REFERENCE_MODE and not any(plan.graphs_effective):
-        outcome.verdict = SKIPPED
-        outcome.reason = "; ".join(plan.notes) or "no graph is captured on this device"
-    elif (outcome.p_value is not None and outcome.delta_vs_off is not None and outcome.p_value < thresholds.alpha
-          and -outcome.delta_vs_off >= thresholds.min_drop):
-        outcome.verdict = ACCURACY_DROP
-        outcome.reason = (f"accuracy {outcome.delta_vs_off:+.3f} vs off (McNemar p={outcome.p_value:.3g} < "
-                          f"{thresholds.alpha}, drop >= {thresholds.min_drop})")
-    else:
-        outcome.reason = "reference run" if plan.mode == REFERENCE_MODE else (
-            f"{outcome.twin_compared} samples identical to the padded-eager twin")
+        applies[STALE_GRAPH] = (f"{outcome.twin_mismatches}/{outcome.twin_compared} samples differ from the "
+                                f"padded-eager twin (first: sample {first.index} at token {first.position})")
+    if plan.mode != REFERENCE_MODE and not any(plan.graphs_effective):
+        applies[SKIPPED] = "; ".join(plan.notes) or "no graph is captured on this device"
+    if (outcome.p_value is not None and outcome.delta_vs_off is not None and outcome.p_value < thresholds.alpha
+            and -outcome.delta_vs_off >= thresholds.min_drop):
+        applies[ACCURACY_DROP] = (f"accuracy {outcome.delta_vs_off:+.3f} vs off (McNemar p={outcome.p_value:.3g} < "
+                                  f"{thresholds.alpha}, drop >= {thresholds.min_drop})")
+    applies[PASS] = "reference run" if plan.mode == REFERENCE_MODE else (
+        f"{outcome.twin_compared} samples identical to the padded-eager twin")
+    outcome.verdict = min(applies, key=lambda v: v.precedence)
+    outcome.reason = applies[outcome.verdict]
+    if outcome.verdict == FAIL:
+        outcome.error_class = run.error_class or (twin.error_class if twin is not None else None)
     return outcome
 
 
 def exit_code(outcomes: list[ModeOutcome]) -> int:
-    return EXIT_FINDINGS if any(o.verdict in FINDINGS for o in outcomes) else EXIT_OK
+    return EXIT_FINDINGS if any(Verdict(o.verdict).finding for o in outcomes) else EXIT_OK

@@ -191,3 +191,25 @@ def test_exit_code_mixes():
     for finding in (STALE_GRAPH, ACCURACY_DROP, FAIL):
         assert exit_code([oc(PASS), oc(finding), oc(SKIPPED)]) == EXIT_FINDINGS
     assert EXIT_OK == 0 and EXIT_FINDINGS == 1
+
+
+def test_verdict_enum_is_its_string_and_orders_checks_and_sweeps():
+    import json
+
+    from evalharness.verdict import Verdict, by_precedence, legend, worst
+
+    assert json.dumps({"v": Verdict.STALE_GRAPH}) == '{"v": "STALE_GRAPH"}' and Verdict("FAIL") is FAIL
+    assert f"{PASS:<6}|" == "PASS  |"
+    # checks: FAIL before STALE_GRAPH before SKIPPED before ACCURACY_DROP; a sweep's worst cell: SKIPPED counts least
+    order = [v.value for v in by_precedence()]
+    assert order.index("FAIL") < order.index("STALE_GRAPH") < order.index("SKIPPED") < order.index("ACCURACY_DROP")
+    assert worst(["SKIPPED", "PASS"]) == PASS and worst(["PASS", "ACCURACY_DROP", "STALE_GRAPH"]) == STALE_GRAPH
+    assert {v for v in Verdict if v.finding} >= {FAIL, STALE_GRAPH, ACCURACY_DROP} and not PASS.finding
+    assert all(v.value in legend() for v in Verdict)
+
+
+def test_every_applicable_verdict_yields_to_the_one_first_in_precedence():
+    # a run that differs from its twin AND lost accuracy significantly: STALE_GRAPH, not ACCURACY_DROP
+    r = run("r", tokens={i: [0] for i in range(10)})
+    o = decide(plan(), r, run("t"), right(20, wrong=range(10)), run("off"), right(20))
+    assert o.verdict == STALE_GRAPH and o.p_value == pytest.approx(2 / 1024)

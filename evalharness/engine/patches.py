@@ -1,17 +1,15 @@
-"""Patches applied inside one worker process, before the engine is built: the padded-eager twin and the faults.
+"""Patches applied inside one worker process, before the engine is built: the padded-eager twin (the faults, which
+also patch the engine, are in faults.py).
 
 They target transformers' continuous-batching internals by name and check that those names exist first: when an
 internal moved, the patch raises `PatchError` naming what it looked for and the transformers version, instead of
-silently testing nothing. Written by hand: no library injects faults into transformers' CB engine.
+silently testing nothing. Written by hand: no library patches transformers' CB engine.
 """
 
 from __future__ import annotations
 
 import functools
-import os
-import signal
-import time
-from typing import Any, Callable
+from typing import Any
 
 
 class PatchError(RuntimeError):
@@ -75,96 +73,10 @@ def force_padding(pad_seqlen_k: bool | None) -> list[str]:
     return notes
 
 
-def _io_class():
+def io_class():
+    """transformers' ContinuousBatchingIOs, checked for the methods the graph-key faults patch."""
     _, _, io_mod = _cb_modules()
     cls = _require(io_mod, "ContinuousBatchingIOs", "input_outputs")
     _require(cls, "_get_graph_key", "ContinuousBatchingIOs")
     _require(cls, "get_model_kwargs", "ContinuousBatchingIOs")
     return cls
-
-
-def _set(kwargs: Any, key: str, value: Any) -> None:
-    if isinstance(kwargs, dict):
-        kwargs[key] = value
-    else:
-        setattr(kwargs, key, value)
-
-
-def _get(kwargs: Any, key: str) -> Any:
-    return kwargs[key] if isinstance(kwargs, dict) else getattr(kwargs, key)
-
-
-def inject_pre45323() -> None:
-    """Varlen graph key (num_q_tokens, max_kv_read) without max_seqlen_k; raw max_seqlen_q/k handed to the kernel."""
-    cls = _io_class()
-    original_kwargs = cls.get_model_kwargs
-    original_key = cls._get_graph_key
-
-    @functools.wraps(original_kwargs)
-    def get_model_kwargs(self, use_padding: bool = False):
-        raw_q = self.max_seqlen_q
-        raw_k = dict(self.max_seqlen_k) if isinstance(self.max_seqlen_k, dict) else self.max_seqlen_k
-        kwargs = original_kwargs(self, use_padding)
-        self.max_seqlen_q, self.max_seqlen_k = raw_q, raw_k
-        if not getattr(self, "use_block_table", False):
-            _set(kwargs, "max_seqlen_q", raw_q)
-            current = _get(kwargs, "max_seqlen_k")
-            if isinstance(current, dict):
-                _set(kwargs, "max_seqlen_k", {lt: raw_k[lt] for lt in current})
-            else:
-                _set(kwargs, "max_seqlen_k", next(iter(raw_k.values())) if isinstance(raw_k, dict) else raw_k)
-        return kwargs
-
-    def graph_key(self):
-        if getattr(self, "use_block_table", False):
-            return original_key(self)
-        return (self.num_q_tokens, self.max_kv_read)
-
-    cls.get_model_kwargs = get_model_kwargs
-    cls._get_graph_key = graph_key
-
-
-def inject_coarse_key() -> None:
-    cls = _io_class()
-    original_key = cls._get_graph_key
-
-    def graph_key(self):
-        if getattr(self, "use_block_table", False):
-            return original_key(self)
-        return (self.num_q_tokens,)
-
-    cls._get_graph_key = graph_key
-
-
-def inject_perturb(model: Any, every: int = 7) -> None:
-    """Every `every`-th forward step, make every sampled position pick argmax+1: a corrupted engine on any device."""
-    import torch
-
-    calls = {"n": 0}
-
-    def hook(_module, _args, output):
-        calls["n"] += 1
-        if calls["n"] % every:
-            return output
-        logits = output.logits
-        bumped = (logits.argmax(-1, keepdim=True) + 1) % logits.shape[-1]
-        logits.scatter_(-1, bumped, torch.finfo(logits.dtype).max)
-        return output
-
-    model.register_forward_hook(hook)
-
-
-def after_first_result(fault: str | None, timeout_hint_s: float) -> Callable[[], None] | None:
-    """The abort and hang faults, fired once the first request has finished (so partial results exist)."""
-    if fault == "abort":
-        return lambda: os.kill(os.getpid(), signal.SIGABRT)
-    if fault == "hang":
-        return lambda: time.sleep(max(3600.0, 10 * timeout_hint_s))
-    return None
-
-
-def apply_engine_fault(fault: str | None) -> None:
-    if fault == "pre45323":
-        inject_pre45323()
-    elif fault == "coarse-key":
-        inject_coarse_key()

@@ -18,6 +18,7 @@ import time
 import traceback
 from pathlib import Path
 
+from ..faults import fault as fault_entry
 from ..results import atomic_write_json
 from . import patches
 
@@ -152,7 +153,9 @@ def _run(job_dir: Path, job: dict, meta: dict) -> int:
         attn = f"paged|{attn}"
     if engine.get("force_padding"):
         meta["notes"] += patches.force_padding(engine.get("pad_seqlen_k"))
-    patches.apply_engine_fault(engine.get("fault"))
+    fault = fault_entry(engine.get("fault"))
+    if fault.engine_patch is not None:
+        fault.engine_patch()
     auditor = None
     if engine.get("audit"):
         from ..audit import Auditor
@@ -174,8 +177,8 @@ def _run(job_dir: Path, job: dict, meta: dict) -> int:
     lm, tokenizer = load_model(model_spec, attn)
     meta["load_s"] = time.perf_counter() - t0
     meta["phase"] = "generate"
-    if engine.get("fault") == "perturb":
-        patches.inject_perturb(lm)
+    if fault.model_hook is not None:
+        fault.model_hook(lm, engine)
 
     prompts = job["prompts"]
     if job.get("chat"):
@@ -195,7 +198,8 @@ def _run(job_dir: Path, job: dict, meta: dict) -> int:
     original_get, original_add = manager_cls.get_result, manager_cls.add_requests
     id_to_index: dict[str, int] = {}
     seen: dict = {"n": 0, "manager": None}
-    fire = patches.after_first_result(engine.get("fault"), job.get("timeout_s", 60))
+    timeout_hint = job.get("timeout_s", 60)
+    fire = None if fault.after_first_result is None else lambda: fault.after_first_result(timeout_hint)
     total = len(inputs)
     out = results_path.open("a", encoding="utf-8")
 

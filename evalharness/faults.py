@@ -1,0 +1,143 @@
+"""Injected faults: deliberate defects in one mode's worker, to prove that the checks can fail.
+
+The registry `FAULTS` is the one place a fault is defined. Each entry carries its hooks, called by the worker
+(engine/worker.py) at fixed points, and whether the padded-eager twin gets the same patch (`patches_twin`: then only
+graph staleness can make the run and its twin differ). Hooks import torch and transformers lazily, so the parent
+process (planning) never does. Written by hand: no library injects faults into transformers' CB engine.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    patches_twin: bool  # the padded-eager twin gets the same patch, so only graph staleness can differ
+    # before the engine is built: patches transformers' CB classes (process-wide)
+    engine_patch: Callable[[], None] | None = None
+    # after the model is loaded: (model, engine configuration as in job.json)
+    model_hook: Callable[[Any, dict], None] | None = None
+    # fired once, when the first request has finished (so partial results exist): (timeout hint in s)
+    after_first_result: Callable[[float], None] | None = None
+
+
+def _io_class():
+    from .engine.patches import io_class
+
+    return io_class()
+
+
+def _set(kwargs: Any, key: str, value: Any) -> None:
+    if isinstance(kwargs, dict):
+        kwargs[key] = value
+    else:
+        setattr(kwargs, key, value)
+
+
+def _get(kwargs: Any, key: str) -> Any:
+    return kwargs[key] if isinstance(kwargs, dict) else getattr(kwargs, key)
+
+
+def inject_pre45323() -> None:
+    """Varlen graph key (num_q_tokens, max_kv_read) without max_seqlen_k; raw (unpadded) max_seqlen_q/k handed to the
+    kernel: the behaviour before transformers PR #45323."""
+    cls = _io_class()
+    original_kwargs = cls.get_model_kwargs
+    original_key = cls._get_graph_key
+
+    @functools.wraps(original_kwargs)
+    def get_model_kwargs(self, use_padding: bool = False):
+        raw_q = self.max_seqlen_q
+        raw_k = dict(self.max_seqlen_k) if isinstance(self.max_seqlen_k, dict) else self.max_seqlen_k
+        kwargs = original_kwargs(self, use_padding)
+        self.max_seqlen_q, self.max_seqlen_k = raw_q, raw_k
+        if not getattr(self, "use_block_table", False):
+            _set(kwargs, "max_seqlen_q", raw_q)
+            current = _get(kwargs, "max_seqlen_k")
+            if isinstance(current, dict):
+                _set(kwargs, "max_seqlen_k", {lt: raw_k[lt] for lt in current})
+            else:
+                _set(kwargs, "max_seqlen_k", next(iter(raw_k.values())) if isinstance(raw_k, dict) else raw_k)
+        return kwargs
+
+    def graph_key(self):
+        if getattr(self, "use_block_table", False):
+            return original_key(self)
+        return (self.num_q_tokens, self.max_kv_read)
+
+    cls.get_model_kwargs = get_model_kwargs
+    cls._get_graph_key = graph_key
+
+
+def inject_coarse_key() -> None:
+    """Varlen graph key reduced to (num_q_tokens,)."""
+    cls = _io_class()
+    original_key = cls._get_graph_key
+
+    def graph_key(self):
+        if getattr(self, "use_block_table", False):
+            return original_key(self)
+        return (self.num_q_tokens,)
+
+    cls._get_graph_key = graph_key
+
+
+def inject_perturb(model: Any, every: int = 7) -> None:
+    """Every `every`-th forward step, make every sampled position pick argmax+1: a corrupted engine on any device."""
+    import torch
+
+    calls = {"n": 0}
+
+    def hook(_module, _args, output):
+        calls["n"] += 1
+        if calls["n"] % every:
+            return output
+        logits = output.logits
+        bumped = (logits.argmax(-1, keepdim=True) + 1) % logits.shape[-1]
+        logits.scatter_(-1, bumped, torch.finfo(logits.dtype).max)
+        return output
+
+    model.register_forward_hook(hook)
+
+
+def perturb_first_attempt(model: Any, engine: dict) -> None:
+    """`flaky`: `perturb` in the first run of a mode only (attempt 0); its repeats and confirmation re-runs (attempt
+    1, 2, ...) are clean. An engine that gives two different outputs for identical input, on any device."""
+    if not engine.get("attempt"):
+        inject_perturb(model)
+
+
+def abort(_timeout_hint_s: float) -> None:
+    """The worker aborts (SIGABRT)."""
+    os.kill(os.getpid(), signal.SIGABRT)
+
+
+def hang(timeout_hint_s: float) -> None:
+    """The worker sleeps past its timeout."""
+    time.sleep(max(3600.0, 10 * timeout_hint_s))
+
+
+FAULTS: dict[str, Fault] = {
+    f.name: f
+    for f in (
+        Fault("pre45323", patches_twin=True, engine_patch=inject_pre45323),
+        Fault("coarse-key", patches_twin=False, engine_patch=inject_coarse_key),
+        Fault("perturb", patches_twin=False, model_hook=lambda model, _engine: inject_perturb(model)),
+        Fault("flaky", patches_twin=False, model_hook=perturb_first_attempt),
+        Fault("abort", patches_twin=False, after_first_result=abort),
+        Fault("hang", patches_twin=False, after_first_result=hang),
+    )
+}
+
+
+def fault(name: str | None) -> Fault:
+    """The registry entry for `name`; no fault (None) is an entry without hooks."""
+    return FAULTS[name] if name else Fault("", patches_twin=False)
