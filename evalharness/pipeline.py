@@ -265,24 +265,36 @@ def finish(p: Prepared, results: dict[str, RunResult]) -> Evaluation:
 CACHED_STATUSES = ("ok", "failed_requests", "unsupported")
 
 
+def lost_outside_engine(result: RunResult) -> bool:
+    """Samples missing from a run whose worker finished without an engine error: its results.jsonl was cut short by
+    something else (a deleted or truncated file), so the result says nothing about the engine and is not cached."""
+    return (result.status == "failed_requests" and not result.meta.get("error")
+            and any(smp.status == "missing" for smp in result.samples))
+
+
 def run_job_cached(job: Job, progress: bool = True, retries: int = 1) -> RunResult:
     """Run one job unless its folder already holds a finished result; a crashed worker is retried once in a fresh
-    one. Crashes, timeouts and worker errors are not cached, so the next run of the same folder retries them."""
+    one. Crashes, timeouts, worker errors and samples lost outside the engine are not cached, so the next run of the
+    same folder retries them. The job folder is locked while the job runs: another invocation sharing the cache
+    waits, then reads the result, and never deletes files a live worker is writing."""
+    from .locking import locked
+
     cached = job.job_dir / "result.json"
-    if cached.exists():
-        return RunResult.from_json(json.loads(cached.read_text()))
-    result = run_engine(job, progress=progress)
-    attempts = 1
-    while result.status == "crash" and attempts <= retries:
-        attempts += 1
+    with locked(job.job_dir):
+        if cached.exists():
+            return RunResult.from_json(json.loads(cached.read_text()))
         result = run_engine(job, progress=progress)
-    result.meta["attempts"] = attempts
-    if result.status in CACHED_STATUSES:
-        atomic_write_json(cached, result.to_json())
-        (job.job_dir / "failed.json").unlink(missing_ok=True)
-    else:  # no cache entry (the next run retries it), but `evalharness merge` reads it as this job's outcome
-        atomic_write_json(job.job_dir / "failed.json", result.to_json())
-    return result
+        attempts = 1
+        while result.status == "crash" and attempts <= retries:
+            attempts += 1
+            result = run_engine(job, progress=progress)
+        result.meta["attempts"] = attempts
+        if result.status in CACHED_STATUSES and not lost_outside_engine(result):
+            atomic_write_json(cached, result.to_json())
+            (job.job_dir / "failed.json").unlink(missing_ok=True)
+        else:  # no cache entry (the next run retries it), but `evalharness merge` reads it as this job's outcome
+            atomic_write_json(job.job_dir / "failed.json", result.to_json())
+        return result
 
 
 def worker_count(jobs: int | None, devices: list[str] | None) -> int:

@@ -119,8 +119,19 @@ def model_files(model: dict) -> list:
                   if f.is_file() and not f.name.startswith("."))
 
 
+def interpreter_identity(python: str) -> str:
+    """The interpreter as the file it runs, not as typed: `evalharness` (the venv's python3.11 in the script's
+    shebang) and `python -m evalharness` (the venv's python) are one interpreter. Its virtual environment (the
+    pyvenv.cfg above it) is part of it: two venvs on one base interpreter hold different packages."""
+    path = Path(python).expanduser()
+    venv = path.parent.parent if (path.parent.parent / "pyvenv.cfg").is_file() else None
+    real = str(path.resolve()) if path.exists() else str(path)
+    return real + (f" (venv {venv.resolve()})" if venv else "")
+
+
 def job_hash(fingerprint: str, python: str, pythonpath: str | None, run_key: str, probe: dict, model: dict) -> str:
-    blob = json.dumps({"workload": fingerprint, "python": python, "pythonpath": pythonpath, "run": run_key,
+    blob = json.dumps({"workload": fingerprint, "python": interpreter_identity(python), "pythonpath": pythonpath,
+                       "run": run_key,
                        "engine": probe, "evalharness": __version__, "harness": harness_digest(),
                        "model_files": model_files(model)}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -271,14 +282,14 @@ def cmd_plan(args, argv) -> int:
 
 
 def cmd_run_job(args, argv) -> int:
-    from .pipeline import CACHED_STATUSES, run_job_cached
+    from .pipeline import run_job_cached
 
     doc = load_plan(args.dir)
     entry = pick(doc, args.job)
     job = job_from_entry(doc, entry, Path(args.dir))
     cached = (job.job_dir / "result.json").is_file()
     r = run_job_cached(job, progress=not args.no_progress)
-    where = job.job_dir / ("result.json" if r.status in CACHED_STATUSES else "failed.json")
+    where = job.job_dir / ("result.json" if (job.job_dir / "result.json").is_file() else "failed.json")
     err = f" [{r.error_class}] {r.error}" if r.error_class else ""
     print(f"job {entry['index']} {entry['id']}: {r.status}{err}{' (already done)' if cached else ''} -> {where}")
     return 0

@@ -50,8 +50,13 @@ def bad_inputs(tmp_path, good_data):
     no_weights.mkdir()
     (no_weights / "config.json").write_text('{"model_type": "llama"}')
     (no_weights / "pytorch_model.bin").write_bytes(b"pickled weights are never loaded")
+    binary = tmp_path / "blob.jsonl"
+    binary.write_bytes(bytes(range(256)) * 8)
     data = ["--data", str(good_data), "--fewshot", "0"]
     return {
+        "binary data file": (["--data", str(binary), "--fewshot", "0"], "not UTF-8 text"),
+        "data is a folder": (["--data", str(good_data.parent)], "is a folder"),
+        "unreachable hub model": (["--model", "nobody-evalharness/no-such-model", *data], "Hugging Face hub"),
         "missing data file": (["--data", str(tmp_path / "nope" / "test.jsonl")], "no such file"),
         "missing train file": (["--data", str(good_data), "--fewshot", "2"], "--fewshot-data"),
         "row without answer": (["--data", str(malformed), "--fewshot", "0"], "line 2: field 'answer'"),
@@ -68,7 +73,7 @@ def bad_inputs(tmp_path, good_data):
     }
 
 
-CASES = ["missing data file", "missing train file", "row without answer", "row not JSON", "unknown mode",
+CASES = ["binary data file", "data is a folder", "unreachable hub model", "missing data file", "missing train file", "row without answer", "row not JSON", "unknown mode",
          "zero max-bt", "negative max-bt", "bad injection", "model folder missing", "model without safetensors",
          "gguf file missing", "unknown option", "chat with shots"]
 
