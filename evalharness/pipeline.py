@@ -21,44 +21,9 @@ from .report import write_markdown
 from .html_report import write_html
 from .results import RunResult, atomic_write_json, atomic_write_jsonl
 from .gsm8k import PROMPTS, GSM8KTask
+from .settings import Settings
+from .store import job_hash, save_settings, settings_json
 from .verdict import ModeOutcome, Thresholds, Verdict, decide, exit_code
-
-
-@dataclass
-class Settings:
-    model: str | None = None
-    gguf_file: str | None = None
-    data: str | None = None
-    fewshot_data: str | None = None
-    limit: int | None = None
-    modes: list[str] = field(default_factory=lambda: ["off", "on", "varlen", "decode"])
-    max_bts: list[int] = field(default_factory=lambda: [384])
-    prompt: str = "fewshot"
-    task: str | None = None  # a named lm-eval generate_until task (lmeval_task.py); its YAML fixes the prompt
-    include_path: list[str] = field(default_factory=list)  # extra lm-eval task folders searched for `task`
-    fewshot: int | None = None
-    max_new_tokens: int = 256
-    attn: str = "sdpa"
-    dtype: str = "bf16"
-    out: Path | None = None
-    inject: list[str] = field(default_factory=list)
-    alpha: float = 0.05
-    min_drop: float = 0.02
-    filter: str | None = None
-    timeout_s: float | None = None
-    trust_remote_code: bool = False
-    jobs: int = 1  # engine runs at a time, each in its own worker process
-    devices: list[str] | None = None  # GPUs to spread workers over (CUDA_VISIBLE_DEVICES values)
-    cache: Path | None = None  # where engine runs are cached (default OUT/runs); share it between invocations
-    # transformers builds by name: python interpreter, venv, or folder put first on PYTHONPATH (None: this one)
-    engines: dict[str, str | None] = field(default_factory=lambda: {"default": None})
-    attns: list[str] | None = None  # several attention backends as an axis (default: [attn])
-    asyncs: list[bool | None] = field(default_factory=lambda: [None])  # async batching axis (None: engine default)
-    compiles: list[int | None] = field(default_factory=lambda: [None])  # default_compile_level axis
-    fast_paths: list[bool | None] = field(default_factory=lambda: [None])  # decode fast path axis
-    audit: str | None = None  # "first" / "all": re-run every graph replay eagerly and attribute mismatches
-    progress: bool = True
-    command: str = ""
 
 
 def detect_cuda() -> bool:
@@ -150,7 +115,8 @@ class Evaluation:
 
 def prepare(s: Settings, model: dict | None = None):
     """Everything that can fail on bad input, before any engine runs (each failure is a UsageError). A given `model`
-    (as models.resolve returned it, e.g. where a plan was made) is used as is."""
+    (as models.resolve returned it, e.g. where a plan was made) is used as is. Returns the settings as settled
+    (a --task fixes the prompt style), the data source, the task, the model and the injections."""
     injections = parse_injections(s.inject, s.modes, list(s.engines))
     if s.task:
         from .lmeval_task import TaskSpec
@@ -159,15 +125,15 @@ def prepare(s: Settings, model: dict | None = None):
             raise UsageError("--task and --prompt: give one (the task's YAML fixes its prompt)")
         task = TaskSpec(s.task, data=s.data, fewshot_data=s.fewshot_data, num_fewshot=s.fewshot, limit=s.limit,
                         primary_filter=s.filter, include_path=s.include_path)
-        s.prompt = task.style  # chat tasks get the model's chat template from the worker, as --prompt chat does
+        s = dataclasses.replace(s, prompt=task.style)  # chat tasks get the chat template, as --prompt chat does
         model = model or models.resolve(s.model, s.gguf_file, s.dtype, s.trust_remote_code)
-        return task.source, task, model, injections
+        return s, task.source, task, model, injections
     # only lm-eval's plain gsm8k samples its shots from the train split; gsm8k-cot ships its 8 exemplars
     shots = (s.fewshot if s.fewshot is not None else PROMPTS["fewshot"][1]) if s.prompt == "fewshot" else 0
     source = data_mod.resolve(s.data, s.fewshot_data, shots)
     task = GSM8KTask(source, style=s.prompt, num_fewshot=s.fewshot, limit=s.limit, primary_filter=s.filter)
     model = model or models.resolve(s.model, s.gguf_file, s.dtype, s.trust_remote_code)
-    return source, task, model, injections
+    return s, source, task, model, injections
 
 
 @dataclass
@@ -192,8 +158,6 @@ class Prepared:
 
 
 def evaluate(s: Settings) -> Evaluation:
-    from .store import save_settings
-
     p = prepare_jobs(s)
     save_settings(p)  # first, so that `--resume OUT` can finish a run killed at any later point
     return finish(p, run_jobs(p.jobs, workers=s.jobs, devices=s.devices, progress=s.progress))
@@ -203,11 +167,9 @@ def prepare_jobs(s: Settings, cuda: bool | None = None, model: dict | None = Non
                  interpreters: dict | None = None) -> Prepared:
     """Plan the engine runs of `s` as jobs. Given `cuda`, `model`, `probes` or `interpreters` (from a plan made
     elsewhere) are used instead of asking this machine."""
-    from .store import job_hash, settings_json
-
     saved = settings_json(s)
-    source, task, model, injections = prepare(s, model)
-    attns = s.attns or [s.attn]
+    s, source, task, model, injections = prepare(s, model)
+    attns = s.attns
     caps = Capabilities(cuda=detect_cuda() if cuda is None else cuda, attn=attns[0])
     if "torch-flash" in attns and not caps.cuda:
         raise UsageError("--attn torch-flash needs a CUDA GPU (PyTorch's FlashAttention varlen kernel); use --attn "

@@ -3,9 +3,11 @@
 A suite file is `accuracy.toml` (or `NAME.accuracy.toml`), or the `[tool.evalharness.accuracy]` table of the
 rootdir's pyproject.toml. It holds optional `[defaults]` and one or more `[[suite]]` tables (in pyproject:
 `[tool.evalharness.accuracy.defaults]`, `[[tool.evalharness.accuracy.suite]]`); a table without `suite` is itself one
-suite. Keys (see `SUITE_KEYS`): name, model, gguf_file, data, fewshot_data, task, limit, graphs, max_bt, prompt,
-fewshot, max_new_tokens, attn, dtype, alpha, min_drop, filter, inject, timeout_s, gpu, markers. Relative paths
-resolve against the suite file's folder; `${VAR}` expands from the environment.
+suite. Keys (see `SUITE_KEYS`): name, gpu, markers, and the `evalharness gsm8k` options that suites may set, named as
+the flag without dashes (`settings.suite_keys()`: model, gguf_file, data, fewshot_data, task, limit, graphs, max_bt,
+prompt, fewshot, max_new_tokens, attn, dtype, alpha, min_drop, filter, inject, timeout_s, trust_remote_code); a
+list stands for a comma list. Relative paths resolve against the suite file's folder; `${VAR}` expands from the
+environment.
 
 Every (max_bt, mode) cell (per attention backend when `attn` is a list) is one item, marked `accuracy` (and `gpu`
 for suites with `gpu = true`, whose items skip with the reason where CUDA is unavailable). The suite's evaluation
@@ -26,11 +28,11 @@ from pathlib import Path
 
 import pytest
 
+from . import settings
+
 SUITE_FILE = "accuracy.toml"
-SUITE_KEYS = {"name", "model", "gguf_file", "data", "fewshot_data", "task", "limit", "graphs", "max_bt", "prompt",
-              "fewshot", "max_new_tokens", "attn", "dtype", "alpha", "min_drop", "filter", "inject", "timeout_s",
-              "gpu", "markers", "trust_remote_code"}
-PATH_KEYS = ("model", "data", "fewshot_data", "gguf_file")
+SUITE_KEYS = {"name", "gpu", "markers", *settings.suite_keys()}
+PATH_KEYS = tuple(settings.suite_path_keys())
 
 _requested = pytest.StashKey[bool]()
 _suites = pytest.StashKey[list]()
@@ -155,20 +157,9 @@ def load_suites(path: Path) -> list[dict]:
     return suites
 
 
-def suite_settings(suite: dict, out: Path, command: str):
+def suite_settings(suite: dict, out: Path | None = None, command: str = ""):
     """The pipeline Settings for a suite (UsageError on bad values, as the CLI would give)."""
-    from .config import parse_max_bt, parse_modes
-    from .pipeline import Settings
-
-    attns = _listify(suite.get("attn")) or ["sdpa"]
-    modes = parse_modes(",".join(_listify(suite.get("graphs", "off,on,varlen,decode"))))
-    max_bt = suite.get("max_bt", 384)
-    max_bts = parse_max_bt(",".join(str(v) for v in max_bt) if isinstance(max_bt, list) else str(max_bt))
-    kw = {k: suite[k] for k in ("model", "gguf_file", "data", "fewshot_data", "task", "limit", "prompt", "fewshot",
-                                "max_new_tokens", "dtype", "alpha", "min_drop", "filter", "timeout_s",
-                                "trust_remote_code") if suite.get(k) is not None}
-    return Settings(modes=modes, max_bts=max_bts, attn=attns[0], attns=attns, inject=_listify(suite.get("inject")),
-                    out=out, progress=False, command=command, **kw)
+    return settings.from_suite(suite, out=out, progress=False, command=command)
 
 
 class AccuracyFile(pytest.File):
@@ -190,18 +181,16 @@ class AccuracySuite(pytest.Collector):
         self.out: Path | None = None
 
     def collect(self):
-        from .config import UsageError, parse_max_bt, parse_modes
+        from .config import UsageError
 
         try:
-            modes = parse_modes(",".join(_listify(self.suite.get("graphs", "off,on,varlen,decode"))))
-            max_bt = self.suite.get("max_bt", 384)
-            max_bts = parse_max_bt(",".join(str(v) for v in max_bt) if isinstance(max_bt, list) else str(max_bt))
+            s = suite_settings(self.suite)
         except UsageError as e:
             raise self.CollectError(f"{self.path}: suite {self.name!r}: {e}")
-        attns = _listify(self.suite.get("attn")) or ["sdpa"]
+        attns = s.attns
         for attn in attns:
-            for bt in max_bts:
-                for mode in modes:
+            for bt in s.max_bts:
+                for mode in s.modes:
                     extra = f",attn={attn}" if len(attns) > 1 else ""
                     item = AccuracyItem.from_parent(self, name=f"{mode}[max_bt={bt}{extra}]", mode=mode, max_bt=bt,
                                                     attn=attn)

@@ -20,7 +20,7 @@ import pytest
 
 from evalharness import store
 from evalharness.cli import main
-from evalharness.pipeline import Settings
+from evalharness.settings import Settings
 
 LIMIT = 3
 NEW_TOKENS = 8

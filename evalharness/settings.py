@@ -1,0 +1,349 @@
+"""The settings of one `evalharness gsm8k` run: one typed, frozen dataclass, `Settings`.
+
+Everything that reads or writes settings is derived from `Settings`' fields and the `Option` in each field's
+metadata; nothing lists the options by hand:
+
+- the `evalharness gsm8k` / `evalharness plan` parser (`add_arguments`, then `from_args`): flag, help, argparse
+  extras, and `parse`, which turns the command line's text into the field's value (raising `UsageError`);
+- the keys of accuracy suites (`suite_keys`, `from_suite`; pytest_plugin.py): the flag without its dashes;
+- which options may accompany `--resume` (`resume_conflicts`, `resume_overrides`): `resume=True`;
+- settings.json (`to_json`, `from_json`; store.py writes and reads the file).
+
+Adding an option is a one-place change: add a field to `Settings` with `option("--flag", RAW_DEFAULT, help=...,
+parse=...)`, where RAW_DEFAULT is what the command line gives when the flag is absent and `parse(raw)` the typed value
+(the field's default is `parse(RAW_DEFAULT)`). Say `resume=True` if it changes how jobs run but never what they
+compute, `suite=False` if accuracy suites should not set it, `path="local"` for a local file or folder (made absolute
+in settings.json, relative to the suite file in suites). Then read it as `settings.NAME` where it is needed.
+
+The object is frozen: a stage that settles a value (e.g. a `--task`'s prompt style) makes a new one with
+`dataclasses.replace`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import FAULTS, UsageError, parse_compile, parse_devices, parse_max_bt, parse_modes, parse_switch
+
+ATTNS = ("sdpa", "eager", "torch-flash", "flash_attention_2", "flash_attention_3")
+
+
+# --- parsers: command-line text (or a suite file's value) -> the field's value ---------------------------------
+
+def _optional(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda raw: None if raw is None else convert(raw)
+
+
+def positive_int(name: str) -> Callable[[Any], int | None]:
+    def parse(text):
+        try:
+            value = int(text)
+        except (TypeError, ValueError):
+            raise UsageError(f"{name}: {text!r} is not an integer")
+        if value <= 0:
+            raise UsageError(f"{name}: must be a positive integer, got {value}")
+        return value
+    return _optional(parse)
+
+
+def number(name: str, kind: type = float) -> Callable[[Any], Any]:
+    def parse(text):
+        try:
+            return kind(text)
+        except (TypeError, ValueError):
+            raise UsageError(f"{name}: {text!r} is not {'an integer' if kind is int else 'a number'}")
+    return _optional(parse)
+
+
+def fraction(name: str) -> Callable[[Any], float]:
+    def parse(text):
+        value = number(name)(text)
+        if not 0 < value < 1:
+            raise UsageError(f"{name} must be between 0 and 1")
+        return value
+    return parse
+
+
+def parse_attns(text: str) -> list[str]:
+    attns = [a.strip() for a in str(text).split(",") if a.strip()]
+    bad = [a for a in attns if a not in ATTNS]
+    if not attns or bad:
+        raise UsageError(f"--attn: {text!r}: choose from {', '.join(ATTNS)}")
+    return list(dict.fromkeys(attns))
+
+
+def parse_engines(items: list[str]) -> dict[str, str | None]:
+    """[NAME=]PATH entries -> {name: path}; none -> this interpreter as 'default'."""
+    if not items:
+        return {"default": None}
+    out: dict[str, str | None] = {}
+    for i, item in enumerate(items):
+        name, sep, path = item.partition("=")
+        if not sep:
+            name, path = ("default" if len(items) == 1 else f"engine{i + 1}"), item
+        if not name or not path or name in out:
+            raise UsageError(f"--engine: {item!r} must be NAME=PATH with a unique NAME")
+        out[name] = path
+    return out
+
+
+def _resolved_paths(items: list[str]) -> list[str]:
+    return [str(Path(p).resolve()) for p in items]
+
+
+def _path_or_none(value) -> Path | None:
+    return None if value is None else Path(value)
+
+
+def _str_or_none(value) -> str | None:
+    return None if value is None else str(value)
+
+
+def _absolute_if_local(value) -> str | None:
+    """A local path made absolute (a resume may start elsewhere); a hub id or a missing path as given."""
+    if value and Path(value).expanduser().exists():
+        return str(Path(value).expanduser().resolve())
+    return value
+
+
+# --- the option metadata ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Option:
+    """How one `Settings` field appears on the command line, in suites, with --resume and in settings.json."""
+
+    flag: str  # e.g. "--max-bt"; the suite key is "max_bt"
+    raw_default: Any  # what the command line gives when the flag is absent
+    help: str | None = None
+    parse: Callable[[Any], Any] | None = None  # raw (text, or a list for repeatable flags) -> value
+    choices: tuple | None = None
+    action: str | None = None  # argparse action: "append", "store_true", "store_false", "store_const"
+    const: Any = None  # for action="store_const"
+    metavar: str | None = None
+    also: tuple = ()  # more flags with the same destination: (flag, const, help) for store_const
+    resume: bool = False  # may accompany --resume: changes how jobs run, never what they compute
+    suite: bool = True  # a key of accuracy suites
+    path: str | None = None  # "local": a local file or folder; "suite": resolved against a suite file only
+    save: Callable[[Any], Any] | None = None  # value -> JSON (settings.json); default: as is
+    load: Callable[[Any], Any] | None = None  # JSON -> value; default: as is
+
+    @property
+    def key(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+    def value(self, raw):
+        if self.choices is not None and raw is not None and raw not in self.choices:
+            raise UsageError(f"{self.flag}: invalid choice {raw!r} (choose from {', '.join(self.choices)})")
+        return self.parse(raw) if self.parse else raw
+
+
+def option(flag: str, raw_default: Any = None, **kw) -> Any:
+    """A `Settings` field for the option `flag`; its default is the parsed `raw_default`."""
+    opt = Option(flag, raw_default, **kw)
+    default = opt.value(raw_default)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"option": opt})
+    return field(default=default, metadata={"option": opt})
+
+
+def options() -> dict[str, Option]:
+    """Field name -> Option, in declaration order (the --help order)."""
+    return {f.name: f.metadata["option"] for f in dataclasses.fields(Settings) if "option" in f.metadata}
+
+
+# --- the settings ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Settings:
+    # what to evaluate: model and data
+    model: str | None = option("--model", help="local folder, hub id, or embedded GGUF model: smollm2-135m "
+                               "(default), qwen2.5-coder-0.5b, gemma3-270m", path="local", save=_absolute_if_local)
+    gguf_file: str | None = option("--gguf-file", help="GGUF file inside --model's folder", path="suite")
+    data: str | None = option("--data", help="hub dataset id (default openai/gsm8k, config main, split test) or a "
+                              "local JSONL/parquet file with question/answer fields", path="local",
+                              save=_absolute_if_local)
+    fewshot_data: str | None = option("--fewshot-data", help="local file the few-shot examples come from (default: "
+                                      "train.jsonl next to --data)", path="local", save=_absolute_if_local)
+    limit: int | None = option("--limit", help="first N test rows (default: all)", parse=positive_int("--limit"))
+    # the run matrix
+    modes: list[str] = option("--graphs", "off,on,varlen,decode", help="modes: off,on,varlen,decode",
+                              parse=parse_modes)
+    max_bts: list[int] = option("--max-bt", "384", help="max_batch_tokens: 384, a list 128,256 or a range "
+                                "128:1024:128", parse=parse_max_bt)
+    # the prompts
+    prompt: str = option("--prompt", "fewshot", choices=("fewshot", "cot", "chat"))
+    task: str | None = option("--task", help="an lm-eval generate_until task instead of --prompt: one of ours "
+                              "(evalharness_gsm8k, _cot, _chat, _platinum; gsm8k is evalharness_gsm8k), one in an "
+                              "--include-path folder, or any lm-eval task name")
+    include_path: list[str] = option("--include-path", [], action="append", metavar="DIR", parse=_resolved_paths,
+                                     suite=False, help="a folder of lm-eval task YAMLs searched for --task "
+                                     "(repeatable), as lm_eval --include_path")
+    fewshot: int | None = option("--fewshot", help="number of shots (default 5 for fewshot, 8 for cot)",
+                                 parse=number("--fewshot", int))
+    max_new_tokens: int = option("--max-new-tokens", 256, parse=positive_int("--max-new-tokens"))
+    # engine knobs (the first four are axes of the run matrix)
+    attns: list[str] = option("--attn", "sdpa", parse=parse_attns, help="attention backend(s), comma-separated "
+                              "(an axis): sdpa, eager, torch-flash, flash_attention_2, flash_attention_3")
+    asyncs: list[bool | None] = option("--async", parse=lambda t: parse_switch(t, "--async"), suite=False,
+                                       help="async batching axis: on, off or on,off (default: engine's choice)")
+    compiles: list[int | None] = option("--compile", parse=parse_compile, suite=False,
+                                        help="default_compile_level axis, e.g. 0,1,2 (default: engine's choice)")
+    fast_paths: list[bool | None] = option("--decode-fast-path", parse=lambda t: parse_switch(t, "--decode-fast-path"),
+                                           suite=False, help="decode fast path axis (max_blocks_per_request): on, "
+                                           "off or on,off")
+    dtype: str = option("--dtype", "bf16", choices=("bf16", "fp16", "fp32", "auto"))
+    out: Path | None = option("--out", parse=_path_or_none, suite=False, save=_str_or_none, load=_path_or_none,
+                              help="report folder (default reports/<timestamp>-gsm8k/)")
+    inject: list[str] = option("--inject", [], action="append", metavar="MODE=FAULT", help="inject a fault into one "
+                               f"mode's worker: {', '.join(FAULTS)}")
+    # verdict thresholds and scoring
+    alpha: float = option("--alpha", 0.05, parse=fraction("--alpha"),
+                          help="McNemar significance level for ACCURACY_DROP")
+    min_drop: float = option("--min-drop", 0.02, parse=number("--min-drop"),
+                             help="smallest accuracy drop vs off that counts")
+    filter: str | None = option("--filter", help="lm-eval filter that decides `correct` (default strict-match; "
+                                "flexible-extract for chat)")
+    # how the jobs run
+    timeout_s: float | None = option("--timeout-s", parse=number("--timeout-s"),
+                                     help="per-run timeout (default sized from the workload)")
+    trust_remote_code: bool = option("--trust-remote-code", False, action="store_true",
+                                     help="allow model code from the hub (off by default)")
+    jobs: int = option("--jobs", parse=lambda t: positive_int("--jobs")(t) or 0, resume=True, suite=False,
+                       help="engine runs at a time, each its own worker process (default 1, or one per --devices "
+                       "entry)")
+    devices: list[str] | None = option("--devices", parse=parse_devices, resume=True, suite=False,
+                                       help="GPUs for the workers, e.g. 0,1,2,3 (one worker per device unless --jobs "
+                                       "is larger, then shared round robin)")
+    cache: Path | None = option("--cache", parse=_path_or_none, suite=False, load=_path_or_none,
+                                save=lambda p: None if p is None else str(Path(p).resolve()),
+                                help="engine-run cache folder (default OUT/runs); runs already there with the same "
+                                "hash are reused, so invocations can share it")
+    audit: str | None = option("--audit", action="store_const", const="first", suite=False,
+                               help="re-run every CUDA-graph replay eagerly and name the graph key and launch "
+                               "constant of the first mismatch",
+                               also=(("--audit-all", "all", "like --audit, keeping every mismatching replay"),))
+    engines: dict[str, str | None] = option("--engine", [], action="append", metavar="[NAME=]PATH", suite=False,
+                                            parse=parse_engines, help="run the workers under a transformers build: a "
+                                            "python interpreter, a venv, or a folder holding the package (pip install "
+                                            "--target DIR transformers==5.5.4); repeat to compare engines side by "
+                                            "side")
+    progress: bool = option("--no-progress", True, action="store_false", resume=True, suite=False)
+    history: Path | None = option("--history", parse=_path_or_none, resume=True, suite=False, metavar="FILE",
+                                  save=_str_or_none, load=_path_or_none, help="append one line per cell to this "
+                                  "JSONL history and report drift vs the last passing run on the same "
+                                  "model/task/device (drift exits 1)")
+    command: str = ""  # the command line that made these settings (not an option)
+
+    @property
+    def attn(self) -> str:
+        """The first attention backend: the one a single-backend run uses."""
+        return self.attns[0]
+
+
+# --- the command line ------------------------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every option of `Settings` on `parser`, each stored under its field's name, unparsed."""
+    for name, opt in options().items():
+        kw: dict[str, Any] = {"dest": name, "default": opt.raw_default, "help": opt.help}
+        if opt.action:
+            kw["action"] = opt.action
+        if opt.action == "store_const":
+            kw["const"] = opt.const
+        if opt.action in (None, "append"):
+            kw["metavar"] = opt.metavar or opt.key.upper()
+            if opt.choices:
+                kw["choices"] = opt.choices
+                del kw["metavar"]
+        parser.add_argument(opt.flag, **kw)
+        for flag, const, help in opt.also:
+            parser.add_argument(flag, dest=name, action="store_const", const=const, help=help)
+
+
+def from_args(args: argparse.Namespace, **given) -> Settings:
+    """The Settings of a parsed command line (UsageError on a bad value); `given` fields (e.g. command) as is."""
+    return Settings(**{name: opt.value(getattr(args, name)) for name, opt in options().items()}, **given)
+
+
+def resume_conflicts(args: argparse.Namespace) -> list[str]:
+    """The flags given with --resume that may not accompany it (those that change what the jobs compute)."""
+    given = {name: getattr(args, name) for name, opt in options().items()
+             if not opt.resume and getattr(args, name) != opt.raw_default}
+    opts = options()
+    return sorted(next((flag for flag, const, _ in opts[name].also if const == value), opts[name].flag)
+                  for name, value in given.items())
+
+
+def resume_flags() -> list[str]:
+    return [opt.flag for opt in options().values() if opt.resume]
+
+
+def resume_overrides(saved: Settings, args: argparse.Namespace, **given) -> Settings:
+    """The saved settings, with the options that may accompany --resume taken from the command line where given."""
+    changes = {name: opt.value(getattr(args, name)) for name, opt in options().items()
+               if opt.resume and getattr(args, name) != opt.raw_default}
+    return dataclasses.replace(saved, **changes, **given)
+
+
+# --- accuracy suites -------------------------------------------------------------------------------------------
+
+def suite_keys() -> dict[str, str]:
+    """Suite key -> field name."""
+    return {opt.key: name for name, opt in options().items() if opt.suite}
+
+
+def suite_path_keys() -> list[str]:
+    return [opt.key for opt in options().values() if opt.suite and opt.path]
+
+
+def from_suite(table: dict, **given) -> Settings:
+    """Settings from a suite table (keys as `suite_keys`; lists where the command line takes a comma list)."""
+    kw = {}
+    opts = options()
+    for key, name in suite_keys().items():
+        value = table.get(key)
+        if value is None:
+            continue
+        opt = opts[name]
+        if opt.action == "append":
+            value = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
+        elif isinstance(value, (list, tuple)):
+            value = ",".join(str(v) for v in value)
+        kw[name] = opt.value(value)
+    return Settings(**{**kw, **given})
+
+
+# --- settings.json ---------------------------------------------------------------------------------------------
+
+def to_json(s: Settings) -> dict:
+    opts = options()
+    out = {}
+    for f in dataclasses.fields(Settings):
+        value = getattr(s, f.name)
+        save = opts[f.name].save if f.name in opts else None
+        out[f.name] = save(value) if save else copy.deepcopy(value)
+    return out
+
+
+LEGACY_FIELDS = ("attn",)  # written by earlier versions, now derived (Settings.attn is attns[0])
+
+
+def from_json(d: dict) -> Settings:
+    opts = options()
+    names = {f.name for f in dataclasses.fields(Settings)}
+    if d.get("attns") is None and d.get("attn"):
+        d = {**d, "attns": [d["attn"]]}
+    d = {k: v for k, v in d.items() if k not in LEGACY_FIELDS}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise UsageError(f"settings written by another evalharness version (unknown fields {', '.join(unknown)})")
+    kw = {}
+    for name, value in d.items():
+        load = opts[name].load if name in opts else None
+        kw[name] = load(value) if load else value
+    return Settings(**kw)
