@@ -25,6 +25,16 @@ def md_escape(text: str) -> str:
     return text.replace("\r", " ").replace("\n", " ")
 
 
+def md_code(text: str) -> str:
+    """A Markdown code span showing `text` verbatim: inside a code span nothing is markup (CommonMark renders `<`, `&`
+    and backslashes as themselves), so escaping would show the escapes; the fence is one backtick longer than any
+    backtick run inside, padded where the text starts or ends with one; line breaks become spaces."""
+    text = str(text).replace("\r", " ").replace("\n", " ")
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or (text.startswith(" ") and text.endswith(" ")) else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def pre(text: str) -> str:
     """A <pre> block whose content cannot close it or start markup."""
     return "<pre>" + html.escape(str(text), quote=True) + "</pre>"
@@ -56,7 +66,7 @@ def markdown(summary: dict, outcomes: list[ModeOutcome], max_examples: int = 3) 
         f"{md_escape(v.get('transformers', '?'))}",
         f"- attention: {md_escape(summary['attn'])}; max new tokens {summary['max_new_tokens']}; "
         f"alpha {summary['thresholds']['alpha']}, min drop {summary['thresholds']['min_drop']}",
-        f"- command: `{md_escape(summary['command'])}`",
+        f"- command: {md_code(summary['command'])}",
         "",
     ]
     grouped = len({(o.engine, o.axes) for o in outcomes}) > 1

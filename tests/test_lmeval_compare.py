@@ -140,3 +140,52 @@ def test_different_documents_are_not_paired(tmp_path):
     fa, fb = write(tmp_path / "a.jsonl", rows), write(tmp_path / "b.jsonl", other)
     with pytest.raises(UsageError, match="different document"):
         compare.compare(compare.load(fa), compare.load(fb))
+
+
+def test_changed_outputs_beside_flips(tmp_path, capsys):
+    """3 of 3 outputs changed and none flipped correctness: compare says so, in text and in --json."""
+    rows_a = harness_rows({"off": [True, False, False]})
+    rows_b = harness_rows({"off": [True, False, False]})
+    for r in rows_a:
+        r["token_ids"], r["text"] = [5, 6, 7], "The answer is 4"
+    for r, tokens in zip(rows_b, ([5, 6, 8], [5, 9, 7], [5, 6, 7, 1])):
+        r["token_ids"], r["text"] = tokens, "The answer is 4!"
+    fa, fb = write(tmp_path / "a.jsonl", rows_a), write(tmp_path / "b.jsonl", rows_b)
+    c = compare.compare(compare.load(fa), compare.load(fb))
+    assert c.flips == [] and c.p_value == 1.0
+    assert [(ch.key, ch.unit, ch.position, ch.a_piece, ch.b_piece) for ch in c.changed_outputs] == \
+        [(0, "token", 2, "7", "8"), (1, "token", 1, "6", "9"), (2, "token", 3, "(end)", "1")]
+    assert main(["compare", str(fa), str(fb)]) == 0
+    out = capsys.readouterr().out
+    assert "flipped: 0" in out and "changed outputs: 3 of 3" in out
+    assert "0: first differing token 2: A='7' B='8' (still right)" in out
+    assert main(["compare", str(fa), str(fb), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data["changed_outputs"]) == 3 and data["changed_outputs"][1]["position"] == 1
+
+
+def test_lmeval_raw_responses_compared_by_character(tmp_path):
+    a, b = lmeval_rows([True, True]), lmeval_rows([True, True])
+    for r in b:
+        if r["doc_id"] == 1:
+            r["resps"] = [["xy"]]
+    c = compare.compare(compare.load(write(tmp_path / "a.jsonl", a)), compare.load(write(tmp_path / "b.jsonl", b)))
+    assert [(ch.key, ch.unit, ch.position, ch.a_piece, ch.b_piece) for ch in c.changed_outputs] == \
+        [(1, "char", 1, "(end)", "y")]
+
+
+def test_different_filters_are_not_paired_silently(tmp_path):
+    a = lmeval_rows([True, False])
+    b = lmeval_rows([True, False], filters=("flexible-extract",))  # no strict-match: its default is flexible
+    fa, fb = write(tmp_path / "a.jsonl", a), write(tmp_path / "b.jsonl", b)
+    with pytest.raises(UsageError, match="filter 'strict-match' and .* by 'flexible-extract'"):
+        compare.compare(compare.load(fa), compare.load(fb))
+    same = compare.compare(compare.load(fa, "flexible-extract"), compare.load(fb, "flexible-extract"))
+    assert same.n == 2
+    # our samples.jsonl: the filter comes from summary.json next to it
+    (tmp_path / "run").mkdir()
+    ours = write(tmp_path / "run" / "samples.jsonl", harness_rows({"off": [True, False]}))
+    (tmp_path / "run" / "summary.json").write_text(json.dumps({"filter": "flexible-extract"}))
+    with pytest.raises(UsageError, match="different filters|by filter"):
+        compare.compare(compare.load(fa), compare.load(ours))
+    assert compare.compare(compare.load(fb), compare.load(ours)).n == 2

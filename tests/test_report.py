@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from evalharness.config import ModePlan
-from evalharness.report import markdown, md_escape, pre, snippet_around, write_markdown
+from evalharness.report import markdown, md_code, md_escape, pre, snippet_around, write_markdown
 from evalharness.results import RunResult, Sample
 from evalharness.verdict import decide
 
@@ -73,6 +73,8 @@ def _report(evil: str) -> str:
 def test_report_escapes_untrusted_text_everywhere():
     for evil in EVIL:
         md = _report(evil)
+        # the command line is a code span (verbatim, inert: test_command_renders_verbatim_in_its_code_span)
+        md = "\n".join(line for line in md.splitlines() if not line.startswith("- command: "))
         assert tags(md) <= {"pre"}, tags(md)
         assert md.count("<pre>") == md.count("</pre>") > 0
         # outside <pre> blocks (raw HTML to Markdown, closed only by a literal </pre>) every heading is the report's
@@ -116,3 +118,16 @@ def test_report_shows_the_first_mismatches(tmp_path):
     write_markdown(path, summary, [o])
     text = path.read_text()
     assert "| 384 | off | **PASS** | 100.0 (" in text and "n/a" in text
+
+
+def test_command_renders_verbatim_in_its_code_span():
+    """report.md's command is what was typed: no backslashes before dashes, no entities, nothing rendered as HTML."""
+    markdown_it = __import__("pytest").importorskip("markdown_it")
+    renderer = markdown_it.MarkdownIt("commonmark")
+    for command in ["evalharness gsm8k --max-bt 384 --data '<img src=x>' --out a_b*c", *EVIL]:
+        html = renderer.render(md_code(command))
+        assert html.count("<code>") == 1 and tags(html) == {"p", "code"}, html
+        code = re.search(r"<code>(.*)</code>", html, re.S).group(1)
+        import html as html_mod
+
+        assert html_mod.unescape(code) == command.replace("\n", " ")
