@@ -285,34 +285,46 @@ def render_trend(lines: list[dict], **kw) -> str:
     return "\n".join(text)
 
 
-def plot_trend(lines: list[dict], out: Path, **kw) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def trend_figure(lines: list[dict], **kw):
+    """Accuracy (%, 95% CI) per run and mode, one panel per model/task/device, on a Figure object (no pyplot state,
+    no global backend switch); runs with a finding are marked and the marker is in the legend."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     groups = trend(lines, **kw)
-    fig, axes = plt.subplots(max(1, len(groups)), 1, figsize=(9, 3.5 * max(1, len(groups))), squeeze=False)
+    fig = Figure(figsize=(9, 3.5 * max(1, len(groups))))
+    axes = fig.subplots(max(1, len(groups)), 1, squeeze=False)
     for ax, ((model, task, device), series) in zip(axes[:, 0], groups.items()):
         dates = sorted({p[0] for pts in series.values() for p in pts})
         x_of = {d: i for i, d in enumerate(dates)}
+        marked = False
         for label, pts in sorted(series.items()):
             xs = [x_of[p[0]] for p in pts]
-            ys = [p[1] for p in pts]
-            err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
+            ys = [100 * p[1] for p in pts]
+            err = [[100 * (p[1] - p[2]) for p in pts], [100 * (p[3] - p[1]) for p in pts]]
             line = ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
             bad = [(x, y) for x, y, p in zip(xs, ys, pts) if p[4] in FINDING_VERDICTS]
             if bad:
                 ax.scatter(*zip(*bad), marker="x", s=80, color=line[0].get_color(), zorder=3)
+                marked = True
         ax.set_xticks(range(len(dates)), [d[:16] for d in dates], rotation=30, ha="right", fontsize=7)
-        ax.set_ylabel("accuracy")
-        ax.set_title(f"{model} | {device}", fontsize=9)
-        ax.legend(fontsize=7)
+        ax.set_xlabel("run (date, UTC)")
+        ax.set_ylabel("accuracy, % (95% CI)")
+        ax.set_ylim(-2, 102)
+        ax.set_title(f"{model} | {task} | {device}", fontsize=9)
+        handles, _ = ax.get_legend_handles_labels()
+        if marked:
+            handles.append(Line2D([], [], marker="x", linestyle="", color="black", markersize=8,
+                                  label="finding (FAIL, STALE_GRAPH, ACCURACY_DROP)"))
+        ax.legend(handles=handles, fontsize=7, title="graph mode", title_fontsize=7)
     if not groups:
         axes[0, 0].text(0.5, 0.5, "no runs recorded", ha="center")
     fig.tight_layout()
+    return fig
+
+
+def plot_trend(lines: list[dict], out: Path, **kw) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    trend_figure(lines, **kw).savefig(out, dpi=100)
     return out

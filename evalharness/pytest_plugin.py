@@ -15,8 +15,15 @@ runs once, through `evalharness.pipeline.evaluate`, in the setup of its first it
 PASS passes, SKIPPED skips with the reason, every finding (verdict.Verdict.finding) fails with the verdict and its
 evidence. Items carry their verdict as user properties, so `--junitxml` records them.
 
-Suites are collected only when asked for: `-m` mentioning `accuracy`, `--accuracy`, or a suite file given as an
-argument. A plain `pytest` run never parses a suite file and never imports torch through this plugin.
+The plugin is active only in a project that opts in: a `[tool.evalharness]` table in the rootdir's pyproject.toml,
+an explicit `--accuracy=FILE`, or a suite file given as an argument. Anywhere else (every other project in an
+environment where evalharness is installed) it registers no marker and parses no file. Where active, suites are
+collected only when asked for: `-m` mentioning `accuracy`, `--accuracy`, or a suite file argument. A plain `pytest`
+run never parses a suite file and never imports torch through this plugin.
+
+Skips are reported at the item (the suite file), not at this module. With `--junitxml`, each item's verdict and
+evidence are testsuite-level properties named `<item nodeid>::<key>` under the default junit_family xunit2 (whose
+schema has no per-testcase properties, so xunit2 readers drop those), and testcase properties under xunit1/legacy.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ SUITE_KEYS = {"name", "gpu", "markers", *settings.suite_keys()}
 PATH_KEYS = tuple(settings.suite_path_keys())
 
 _requested = pytest.StashKey[bool]()
+_active = pytest.StashKey[bool]()
 _suites = pytest.StashKey[list]()
 _cuda = pytest.StashKey[bool]()
 
@@ -53,21 +61,53 @@ class SuiteError(Exception):
 
 def pytest_addoption(parser):
     group = parser.getgroup("evalharness", "evalharness accuracy suites")
-    group.addoption("--accuracy", action="store_true", default=False,
-                    help="collect evalharness accuracy suites (also implied by -m mentioning 'accuracy')")
+    group.addoption("--accuracy", nargs="?", const="", default=None, metavar="FILE",
+                    help="collect evalharness accuracy suites (also implied by -m mentioning 'accuracy'); with =FILE, "
+                         "that suite file (which also activates the plugin in a project without a [tool.evalharness] "
+                         "table)")
     group.addoption("--accuracy-out", default=None, metavar="DIR",
                     help="keep each suite's report folder under DIR/<suite> (default: a fresh temporary folder; write "
                          "--accuracy-out=DIR: a separate path argument makes pytest pick another rootdir); "
                          "engine runs already there are reused")
 
 
+def _is_suite_file(name: str) -> bool:
+    return name == SUITE_FILE or name.endswith("." + SUITE_FILE)
+
+
+def opted_in(config) -> bool:
+    """The project asks for this plugin: [tool.evalharness] in the rootdir's pyproject.toml, --accuracy=FILE, or a
+    suite file among the arguments."""
+    if config.getoption("accuracy", None) or any(_is_suite_name_arg(a) for a in config.args):
+        return True
+    return _project_table(Path(config.rootpath) / "pyproject.toml") is not None
+
+
+def _is_suite_name_arg(arg: str) -> bool:
+    return _is_suite_file(Path(arg.split("::")[0]).name)
+
+
 def pytest_configure(config):
+    config.stash[_suites] = []
+    config.stash[_requested] = False
+    config.stash[_active] = opted_in(config)
+    if not config.stash[_active]:
+        return
     config.addinivalue_line("markers", "accuracy: evalharness accuracy measurement (collected from accuracy suites)")
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped where torch sees none")
     markexpr = config.getoption("markexpr", "") or ""
-    requested = bool(config.getoption("accuracy", False)) or bool(re.search(r"\baccuracy\b", markexpr))
+    suite_file = config.getoption("accuracy", None)
+    requested = suite_file is not None or bool(re.search(r"\baccuracy\b", markexpr))
     config.stash[_requested] = requested
-    config.stash[_suites] = []
+    if suite_file:
+        path = Path(suite_file)
+        if not path.is_file():
+            raise pytest.UsageError(f"--accuracy={suite_file}: no such suite file")
+        if not any(Path(a.split("::")[0]).resolve() == path.resolve() for a in config.args):
+            if config.args_source != pytest.Config.ArgsSource.ARGS:
+                config.args[:] = []  # only the suite asked for, not the default test paths as well
+            config.args.append(str(path.resolve()))
+        return
     if not requested or config.args_source == pytest.Config.ArgsSource.ARGS:
         return
     # Arguments came from testpaths or the invocation dir: add the rootdir's suite files that lie outside them.
@@ -81,12 +121,18 @@ def pytest_configure(config):
         config.args.append(str(candidate))
 
 
-def _pyproject_table(path: Path) -> dict | None:
+def _project_table(path: Path) -> dict | None:
+    """The [tool.evalharness] table of a pyproject.toml (None when absent or unreadable)."""
     try:
         data = _toml().loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return data.get("tool", {}).get("evalharness", {}).get("accuracy")
+    table = data.get("tool", {}).get("evalharness")
+    return table if isinstance(table, dict) else None
+
+
+def _pyproject_table(path: Path) -> dict | None:
+    return (_project_table(path) or {}).get("accuracy")
 
 
 def _explicit(config, path: Path) -> bool:
@@ -95,9 +141,11 @@ def _explicit(config, path: Path) -> bool:
 
 def pytest_collect_file(file_path: Path, parent):
     name = file_path.name
-    if name != SUITE_FILE and not name.endswith("." + SUITE_FILE) and name != "pyproject.toml":
+    if not _is_suite_file(name) and name != "pyproject.toml":
         return None
     config = parent.config
+    if not config.stash.get(_active, False):
+        return None
     if not (config.stash.get(_requested, False) or _explicit(config, file_path)):
         return None
     if name == "pyproject.toml" and ((file_path.parent != Path(config.rootpath) and not _explicit(config, file_path))
@@ -296,9 +344,27 @@ def record_outcome(item, o, report_dir: Path | None) -> None:
         props["first_mismatch"] = f"sample {m.index} token {m.position}"
     if report_dir is not None:
         props["report"] = str(report_dir / "report.html")
+    add_properties(item, props)
+
+
+def add_properties(item, props: dict) -> None:
+    """Testsuite-level properties `<nodeid>::<key>` under xunit2 (the default junit_family, whose testcases carry no
+    properties), testcase properties otherwise (xunit1/legacy, or no --junitxml: other reporters read them)."""
+    from _pytest.junitxml import xml_key
+
+    xml = item.config.stash.get(xml_key, None)
     for key, value in props.items():
-        if value is not None:
+        if value is None:
+            continue
+        if xml is not None and xml.family not in ("xunit1", "legacy"):
+            xml.add_global_property(f"{item.nodeid}::{key}", value)
+        else:
             item.user_properties.append((key, value))
+
+
+def _skip(reason: str):
+    """Skip reported at the item (its suite file and name), not at this module's line."""
+    raise pytest.skip.Exception(reason, _use_item_location=True)
 
 
 class AccuracyItem(pytest.Item):
@@ -308,11 +374,11 @@ class AccuracyItem(pytest.Item):
 
     def setup(self):
         suite: AccuracySuite = self.parent
-        self.user_properties.append(("suite", suite.name))
+        add_properties(self, {"suite": suite.name})
         reason = suite.skip_reason()
         if reason:
-            self.user_properties.append(("verdict", "NOT_RUN"))
-            pytest.skip(reason)
+            add_properties(self, {"verdict": "NOT_RUN"})
+            _skip(reason)
         suite.evaluation()
 
     def outcome(self):
@@ -331,7 +397,7 @@ class AccuracyItem(pytest.Item):
         if Verdict(o.verdict).finding:
             raise AccuracyFinding(failure_message(o, self.parent.out))
         if o.verdict == SKIPPED:
-            pytest.skip(f"SKIPPED: {o.reason}")
+            _skip(f"SKIPPED: {o.reason}")
 
     def repr_failure(self, excinfo, style=None):
         if excinfo.errisinstance((AccuracyFinding, SuiteRunError)):

@@ -29,10 +29,28 @@ def suite_toml(model: str, data: str, **extra) -> str:
     return "\n".join(lines).replace("'", '"') + "\n"
 
 
+OPT_IN = "[tool.evalharness]\n"
+
+
+@pytest.fixture
+def pytester(pytester):
+    """An inner project that opts in to the plugin, as this repository does ([tool.evalharness] in pyproject)."""
+    pytester.makepyprojecttoml(OPT_IN)
+    return pytester
+
+
 def junit_cases(path: Path) -> dict[str, dict]:
+    """Per testcase: status, message, and its properties, which xunit2 keeps at testsuite level as NODEID::KEY."""
+    root = ET.parse(path).getroot()
+    suite_props: dict[str, dict] = {}
+    for prop in root.iter("property"):
+        nodeid, sep, key = prop.get("name").rpartition("::")
+        if sep:
+            suite_props.setdefault(nodeid.rpartition("::")[2], {})[key] = prop.get("value")
     out = {}
-    for case in ET.parse(path).getroot().iter("testcase"):
-        props = {p.get("name"): p.get("value") for p in case.iter("property")}
+    for case in root.iter("testcase"):
+        assert case.find("properties") is None, "xunit2 testcases carry no properties"
+        props = suite_props.get(case.get("name"), {})
         status = "failed" if case.find("failure") is not None else (
             "error" if case.find("error") is not None else ("skipped" if case.find("skipped") is not None else "passed"))
         node = case.find("failure") if status == "failed" else case.find("skipped")
@@ -57,9 +75,12 @@ def test_items_per_cell_and_gpu_suite_skips_with_reason(pytester, monkeypatch):
     ids = [line for line in result.stdout.lines if "::" in line]
     assert ids == [f"accuracy.toml::tiny::{m}[max_bt={bt}]" for bt in (128, 256) for m in ("off", "on")]
 
-    result = pytester.runpytest("-m", "accuracy and gpu", "-rs", "--junitxml=junit.xml")
+    result = pytester.runpytest("-m", "accuracy and gpu", "-rs", "--junitxml=junit.xml", "-W", "error")
     result.assert_outcomes(skipped=4)
-    result.stdout.fnmatch_lines(["*suite 'tiny' needs a CUDA GPU; torch.cuda.is_available() is False*"])
+    # the skip points at the item (the suite file), not at the plugin's source
+    result.stdout.fnmatch_lines(["SKIPPED * accuracy.toml*suite 'tiny' needs a CUDA GPU; torch.cuda.is_available() is "
+                                 "False*"])
+    result.stdout.no_fnmatch_line("*pytest_plugin.py*")
     cases = junit_cases(pytester.path / "junit.xml")
     assert set(cases) == {f"{m}[max_bt={bt}]" for bt in (128, 256) for m in ("off", "on")}
     for case in cases.values():
@@ -72,6 +93,22 @@ def test_items_per_cell_and_gpu_suite_skips_with_reason(pytester, monkeypatch):
     result.stdout.fnmatch_lines(["*accuracy.toml*marked skip*"])
     # `not gpu` deselects the whole suite
     pytester.runpytest("-m", "accuracy and not gpu").assert_outcomes()
+
+
+def test_inactive_where_the_project_does_not_opt_in(pytester):
+    """Another project in the same environment: no markers registered, no suite file parsed even with -m accuracy;
+    --accuracy=FILE opts in explicitly."""
+    (pytester.path / "pyproject.toml").write_text("[tool.other]\nx = 1\n")
+    pytester.makefile(".toml", accuracy="[[suite]\nthis file is not TOML\n")
+    pytester.makepyfile(test_plain="def test_ok():\n    pass\n")
+    result = pytester.runpytest("-m", "accuracy or not accuracy")
+    result.assert_outcomes(passed=1)
+    result.stdout.no_fnmatch_line("*cannot read suite file*")
+    markers = pytester.runpytest("--markers").stdout.str()
+    assert "evalharness accuracy measurement" not in markers
+    result = pytester.runpytest("--accuracy=accuracy.toml")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*cannot read suite file*"])
 
 
 def test_pyproject_table_and_attn_axis(pytester):
