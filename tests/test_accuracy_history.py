@@ -111,3 +111,29 @@ def test_nightly_workflow_shape():
     assert "GITHUB_STEP_SUMMARY" in steps["Job summary"]["run"]
     assert steps["Upload report folder"]["uses"].startswith("actions/upload-artifact@")
     assert "exit 1" in steps["Fail on any finding"]["run"]
+    # every action pinned to a commit; the checkout keeps no token
+    import re
+
+    for step in job["steps"]:
+        if "uses" in step:
+            assert re.fullmatch(r"[\w./-]+@[0-9a-f]{40}", step["uses"]), step["uses"]
+    checkout = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/checkout@"))
+    assert checkout["with"]["persist-credentials"] is False
+    # history restored before the sweep and saved after it, from a path every runner gets back
+    order = [s.get("name") for s in job["steps"]]
+    restore, save = steps["Restore history"], steps["Save history"]
+    assert order.index("Restore history") < order.index("Sweep (all graph modes, max_bt range, history and drift)") \
+        < order.index("Save history")
+    assert restore["uses"].startswith("actions/cache/restore@") and save["uses"].startswith("actions/cache/save@")
+    assert restore["with"]["path"] == save["with"]["path"] == job["env"]["HISTORY_DIR"]
+    assert "always()" in save["if"] and restore["with"]["restore-keys"]
+    # JUnit published as test results; a failure notifies
+    publish = steps["Publish JUnit results"]
+    assert "junit-accuracy.xml" in publish["with"]["report_paths"] and "always()" in publish["if"]
+    assert "--junitxml=\"$OUT/junit-accuracy.xml\"" in steps["GPU accuracy suite (pytest -m \"accuracy and gpu\")"]["run"]
+    notify = steps["Notify on failure (issue labelled nightly-accuracy)"]
+    assert "failure()" in notify["if"] and "gh issue" in notify["run"]
+    assert wf["permissions"]["issues"] == "write" and wf["permissions"]["checks"] == "write"
+    # actionlint knows the self-hosted `gpu` label
+    lint = yaml.safe_load((Path(__file__).resolve().parents[1] / ".github/actionlint.yaml").read_text())
+    assert set(job["runs-on"]) - {"self-hosted", "linux"} <= set(lint["self-hosted-runner"]["labels"])
