@@ -32,7 +32,8 @@ def plan_doc(p) -> dict:
             "index": i, "id": job.job_dir.name, "job_dir": job_dir, "run": job.key,
             "engine": dataclasses.asdict(job.engine), "engine_name": job.engine.engine,
             "engine_path": p.settings.engines.get(job.engine.engine), "model": job.model,
-            "max_new_tokens": job.max_new_tokens, "chat": job.chat, "timeout_s": job.timeout_s, "label": job.label,
+            "max_new_tokens": job.max_new_tokens, "chat": job.chat, "timeout_s": job.timeout_s, "stall_s": job.stall_s,
+            "label": job.label,
             "serves": p.plan.served_by(job.key), "command": f"evalharness run-job {p.out} {job.job_dir.name}",
         })
     return {"format": FORMAT, "evalharness": __version__, "settings": p.saved, "cuda": p.cuda, "model": p.model,
@@ -68,7 +69,8 @@ def job_from_entry(doc: dict, entry: dict, root: Path) -> Job:
     job_dir = Path(entry["job_dir"])
     return Job(key=entry["run"], engine=cfg, model=entry["model"], prompts=doc["prompts"],
                max_new_tokens=entry["max_new_tokens"], job_dir=job_dir if job_dir.is_absolute() else root / job_dir,
-               chat=entry["chat"], timeout_s=entry["timeout_s"], label=entry["label"], python=python,
+               chat=entry["chat"], timeout_s=entry["timeout_s"], stall_s=entry.get("stall_s"),
+               label=entry["label"], python=python,
                pythonpath=pythonpath)
 
 

@@ -23,7 +23,8 @@ class Fault:
     patches_twin: bool  # the padded-eager twin gets the same patch, so only graph staleness can differ
     # before the engine is built: patches transformers' CB classes (process-wide)
     engine_patch: Callable[[], None] | None = None
-    # after the model is loaded: (model, engine configuration as in job.json)
+    # after the model is loaded: (model, engine configuration as in job.json) -> a hook handle to remove after the
+    # job (a reused worker's model serves the next job), or None
     model_hook: Callable[[Any, dict], None] | None = None
     # fired once, when the first request has finished (so partial results exist): (timeout hint in s)
     after_first_result: Callable[[float], None] | None = None
@@ -90,7 +91,7 @@ def inject_coarse_key() -> None:
     cls._get_graph_key = graph_key
 
 
-def inject_perturb(model: Any, every: int = 7) -> None:
+def inject_perturb(model: Any, every: int = 7) -> Any:
     """Every `every`-th forward step, make every sampled position pick argmax+1: a corrupted engine on any device."""
     import torch
 
@@ -105,14 +106,15 @@ def inject_perturb(model: Any, every: int = 7) -> None:
         logits.scatter_(-1, bumped, torch.finfo(logits.dtype).max)
         return output
 
-    model.register_forward_hook(hook)
+    return model.register_forward_hook(hook)  # the handle: a reused worker removes the hook after the job
 
 
-def perturb_first_attempt(model: Any, engine: dict) -> None:
+def perturb_first_attempt(model: Any, engine: dict) -> Any:
     """`flaky`: `perturb` in the first run of a mode only (attempt 0); its repeats and confirmation re-runs (attempt
     1, 2, ...) are clean. An engine that gives two different outputs for identical input, on any device."""
     if not engine.get("attempt"):
-        inject_perturb(model)
+        return inject_perturb(model)
+    return None
 
 
 def abort(_timeout_hint_s: float) -> None:

@@ -16,7 +16,8 @@ from . import data as data_mod
 from . import models
 from .config import (MODES, REFERENCE_MODE, Capabilities, Plan, UsageError, axes_matrix, parse_injections,
                      plan_runs)
-from .engine import Job, run_engine
+from .engine import Job
+from .engine.process import default_limits
 from .report import write_markdown
 from .html_report import write_html
 from .results import RunResult, atomic_write_json, atomic_write_jsonl
@@ -78,15 +79,6 @@ def unsupported_modes(plan: Plan, probes: dict) -> dict[str, str]:
             out[mp.cell_id] = (f"transformers {info.get('transformers', '?')} takes only a bool use_cuda_graph: "
                                f"graphs on one path only ({mp.mode}) cannot be expressed")
     return out
-
-
-def default_timeout(n_prompts: int, max_new_tokens: int, cuda: bool, sharing: int = 1, audit: bool = False) -> float:
-    """Generous: model load plus a slow per-token budget for the whole workload, times the workers that share one
-    device (they time-slice it), doubled for --audit (graph replays are re-run eagerly). Measured on an H200: six
-    Qwen2.5-0.5B workers sharing the GPU took 430-550 s each for 600 prompts x 256 tokens; a flat 0.002 s per token
-    (607 s) timed out three healthy runs there (reports/h200-positive-controls/README.md)."""
-    per_token = 0.004 if cuda else 0.05
-    return 300.0 + n_prompts * max_new_tokens * per_token * max(1, sharing) * (2 if audit else 1)
 
 
 def workload_fingerprint(task: GSM8KTask, model: dict, s: Settings) -> str:
@@ -160,7 +152,9 @@ class Prepared:
 def evaluate(s: Settings) -> Evaluation:
     p = prepare_jobs(s)
     save_settings(p)  # first, so that `--resume OUT` can finish a run killed at any later point
-    return finish(p, run_jobs(p.jobs, workers=s.jobs, devices=s.devices, progress=s.progress))
+    pool: dict = {}
+    results = run_jobs(p.jobs, workers=s.jobs, devices=s.devices, progress=s.progress, cuda=p.cuda, report=pool)
+    return finish(p, results, pool=pool)
 
 
 def prepare_jobs(s: Settings, cuda: bool | None = None, model: dict | None = None, probes: dict | None = None,
@@ -183,8 +177,9 @@ def prepare_jobs(s: Settings, cuda: bool | None = None, model: dict | None = Non
     out = s.out or Path("reports") / f"{time.strftime('%Y%m%d-%H%M%S')}-gsm8k"
     out.mkdir(parents=True, exist_ok=True)
     fingerprint = workload_fingerprint(task, model, s)
-    sharing = -(-worker_count(s.jobs, s.devices) // len(s.devices or [None]))  # workers per device, rounded up
-    timeout = s.timeout_s or default_timeout(len(task.prompts), s.max_new_tokens, caps.cuda, sharing, bool(s.audit))
+    # the hang signal is a stall (no finished request, no engine step); --timeout-s adds a limit on the total
+    timeout = s.timeout_s
+    stall = default_limits(caps.cuda).stall_s
 
     jobs = []
     for key, cfg in plan.runs.items():
@@ -196,12 +191,12 @@ def prepare_jobs(s: Settings, cuda: bool | None = None, model: dict | None = Non
         jobs.append(Job(key=key, engine=cfg, model={k: v for k, v in model.items() if k != "label"},
                         prompts=task.prompts, max_new_tokens=s.max_new_tokens,
                         job_dir=(s.cache or out / "runs") / job_key, chat=s.prompt == "chat", timeout_s=timeout,
-                        label=label, python=python, pythonpath=pythonpath))
+                        stall_s=stall, label=label, python=python, pythonpath=pythonpath))
     return Prepared(s, saved, source, task, model, plan, unsupported, probes, interpreters, caps.cuda, fingerprint,
                     timeout, out, jobs)
 
 
-def finish(p: Prepared, results: dict[str, RunResult]) -> Evaluation:
+def finish(p: Prepared, results: dict[str, RunResult], pool: dict | None = None) -> Evaluation:
     """Job results (by run key) -> scores, verdicts, summary and reports in p.out."""
     s, task, model, plan, unsupported, probes = p.settings, p.task, p.model, p.plan, p.unsupported, p.probes
     scored = {key: task.score([smp.text for smp in r.samples]) for key, r in results.items()}
@@ -218,6 +213,7 @@ def finish(p: Prepared, results: dict[str, RunResult]) -> Evaluation:
                                results[off.run] if off else None, correct[off.run] if off else None,
                                Thresholds(s.alpha, s.min_drop)))
     summary = build_summary(s, task, p.source.label, model, plan, results, outcomes, probes)
+    summary["pool"] = pool or None  # workers, threads, model loads (None when every run came from the cache)
     ev = Evaluation(s, task, model, plan, results, correct, scored, outcomes, summary, p.out)
     write_reports(ev)
     return ev
@@ -234,29 +230,43 @@ def lost_outside_engine(result: RunResult) -> bool:
             and any(smp.status == "missing" for smp in result.samples))
 
 
-def run_job_cached(job: Job, progress: bool = True, retries: int = 1) -> RunResult:
-    """Run one job unless its folder already holds a finished result; a crashed worker is retried once in a fresh
-    one. Crashes, timeouts, worker errors and samples lost outside the engine are not cached, so the next run of the
-    same folder retries them. The job folder is locked while the job runs: another invocation sharing the cache
-    waits, then reads the result, and never deletes files a live worker is writing."""
-    from .locking import locked
-
+def cached_result(job: Job) -> RunResult | None:
     cached = job.job_dir / "result.json"
-    with locked(job.job_dir):
-        if cached.exists():
-            return RunResult.from_json(json.loads(cached.read_text()))
-        result = run_engine(job, progress=progress)
-        attempts = 1
-        while result.status == "crash" and attempts <= retries:
-            attempts += 1
-            result = run_engine(job, progress=progress)
-        result.meta["attempts"] = attempts
-        if result.status in CACHED_STATUSES and not lost_outside_engine(result):
-            atomic_write_json(cached, result.to_json())
-            (job.job_dir / "failed.json").unlink(missing_ok=True)
-        else:  # no cache entry (the next run retries it), but `evalharness merge` reads it as this job's outcome
-            atomic_write_json(job.job_dir / "failed.json", result.to_json())
-        return result
+    return RunResult.from_json(json.loads(cached.read_text())) if cached.exists() else None
+
+
+def store_result(job: Job, result: RunResult) -> None:
+    """Cache a final result (result.json); crashes, timeouts, worker errors and samples lost outside the engine are
+    kept as failed.json instead, which the next run of the same folder retries and `evalharness merge` reads as this
+    job's outcome."""
+    if result.status in CACHED_STATUSES and not lost_outside_engine(result):
+        atomic_write_json(job.job_dir / "result.json", result.to_json())
+        (job.job_dir / "failed.json").unlink(missing_ok=True)
+    else:
+        atomic_write_json(job.job_dir / "failed.json", result.to_json())
+
+
+def run_job_cached(job: Job, progress: bool = True, retries: int = 1) -> RunResult:
+    """Run one job unless its folder already holds a finished result; a crashed or stalled worker is retried once in
+    a fresh one. The job folder is locked while the job runs: another invocation sharing the cache waits, then reads
+    the result, and never deletes files a live worker is writing."""
+    return run_jobs([job], workers=1, progress=progress)[job.key]
+
+
+def budget_for(jobs: list[Job], workers: int | str | None, devices: list[str] | None, cuda: bool):
+    """--jobs N, or auto (the default on CUDA): the worker count and each worker's CPU threads (schedule.py)."""
+    from . import schedule, sizing
+
+    cores = sizing.cpu_cores()
+    if workers == "auto" or (not workers and cuda):
+        need = None
+        if cuda:
+            first = jobs[0]
+            need = sizing.per_worker_bytes(first.model, first.prompts, first.max_new_tokens,
+                                           max(j.engine.max_bt for j in jobs))
+        return schedule.auto_budget(len(jobs), cores, cuda, len(devices or [None]),
+                                    sizing.gpu_free_bytes(devices) if cuda else None, need)
+    return schedule.fixed_budget(worker_count(workers or 0, devices), cores)
 
 
 def worker_count(jobs: int | None, devices: list[str] | None) -> int:
@@ -264,30 +274,28 @@ def worker_count(jobs: int | None, devices: list[str] | None) -> int:
     return max(1, jobs or (len(devices) if devices else 1))
 
 
-def run_jobs(jobs: list[Job], workers: int = 1, devices: list[str] | None = None,
-             progress: bool = True) -> dict[str, RunResult]:
-    """Run jobs, `workers` at a time (each a separate worker process); with `devices`, every worker gets one GPU
-    (CUDA_VISIBLE_DEVICES), round robin, so several workers may share a large GPU."""
-    import queue
-    from concurrent.futures import ThreadPoolExecutor
+def run_jobs(jobs: list[Job], workers: int | str | None = 1, devices: list[str] | None = None, progress: bool = True,
+             cuda: bool = False, report: dict | None = None) -> dict[str, RunResult]:
+    """Run the jobs not already cached on a pool of reused workers (engine/pool.py); with `devices`, every worker
+    gets one GPU (CUDA_VISIBLE_DEVICES), round robin, so several workers may share a large GPU. Prints the chosen
+    worker count and thread budget in one line; `report` receives the pool's account (workers, model loads)."""
+    import sys
 
-    workers = worker_count(workers, devices)
-    slots: queue.Queue = queue.Queue()
-    for i in range(workers):
-        slots.put(devices[i % len(devices)] if devices else None)
+    from .engine.pool import run_pool
 
-    def one(job: Job) -> RunResult:
-        device = slots.get()
-        try:
-            job.cuda_device = device
-            return run_job_cached(job, progress=progress)
-        finally:
-            slots.put(device)
+    results = {job.key: r for job in jobs if (r := cached_result(job)) is not None}
+    todo = [job for job in jobs if job.key not in results]
+    if todo:
+        budget = budget_for(todo, workers, devices, cuda)
+        print(budget.line(), file=sys.stderr, flush=True)
+        from .locking import locked
 
-    if workers == 1:
-        return {job.key: one(job) for job in jobs}
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return dict(zip([j.key for j in jobs], pool.map(one, jobs)))
+        got, pool = run_pool(todo, budget, devices, progress, on_result=store_result, guard=locked,
+                             cached=cached_result)
+        results.update(got)
+        if report is not None:
+            report.update(pool.to_json())
+    return {job.key: results[job.key] for job in jobs}
 
 
 def _run_figures(r: RunResult) -> dict:
@@ -379,7 +387,11 @@ def build_summary(s: Settings, task: GSM8KTask, data_label: str, model: dict, pl
         r = results[key]
         runs[key] = {"config": cfg.describe(), "engine": dataclasses.asdict(cfg), "served": plan.served_by(key),
                      "status": r.status, "error_class": r.error_class, "error": r.error,
-                     "resolved": r.meta.get("resolved", {}), "notes": r.meta.get("notes", []), **_run_figures(r)}
+                     "resolved": r.meta.get("resolved", {}), "notes": r.meta.get("notes", []), **_run_figures(r),
+                     # the worker's side: its whole time on this job, the model load it paid (0: reused), which one
+                     "job_wall_s": r.meta.get("wall_s"), "load_s": r.meta.get("load_s"),
+                     "generate_s": r.meta.get("generate_s"), "worker_pid": (r.meta.get("worker") or {}).get("pid"),
+                     "attempts": r.meta.get("attempts")}
     return {
         "modes": modes, "cells": cells, "cells_by_id": {c["id"]: c for c in cells},
         # each engine's path and what its probe read (versions, tuple graphs), less the raw config field list

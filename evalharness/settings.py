@@ -69,6 +69,13 @@ def fraction(name: str) -> Callable[[Any], float]:
     return parse
 
 
+def _jobs(text) -> int | str:
+    """--jobs N or auto; absent: 0 (auto on CUDA, else one per --devices entry or 1)."""
+    if text in ("auto", None):
+        return text or 0
+    return positive_int("--jobs")(text) or 0
+
+
 def parse_attns(text: str) -> list[str]:
     attns = [a.strip() for a in str(text).split(",") if a.strip()]
     bad = [a for a in attns if a not in ATTNS]
@@ -210,12 +217,16 @@ class Settings:
                                 "flexible-extract for chat)")
     # how the jobs run
     timeout_s: float | None = option("--timeout-s", parse=number("--timeout-s"),
-                                     help="per-run timeout (default sized from the workload)")
+                                     help="a limit on each run's total time (default none: a run is hung when it "
+                                     "finishes no request and takes no engine step for 5 min on a GPU, 10 on a CPU)")
     trust_remote_code: bool = option("--trust-remote-code", False, action="store_true",
                                      help="allow model code from the hub (off by default)")
-    jobs: int = option("--jobs", parse=lambda t: positive_int("--jobs")(t) or 0, resume=True, suite=False,
-                       help="engine runs at a time, each its own worker process (default 1, or one per --devices "
-                       "entry)")
+    jobs: int | str = option("--jobs", parse=_jobs, resume=True, suite=False,
+                             help="workers at a time, each serving the runs of one patch set with one model load: N "
+                             "or auto (as many as GPU memory and CPU cores allow: the default on CUDA; on a CPU 1, or "
+                             "one per --devices entry)")
+    fail_fast: bool = option("--fail-fast", False, action="store_true", suite=False,
+                             help="stop a cell's runs at its first twin mismatch (CI that needs only the verdict)")
     devices: list[str] | None = option("--devices", parse=parse_devices, resume=True, suite=False,
                                        help="GPUs for the workers, e.g. 0,1,2,3 (one worker per device unless --jobs "
                                        "is larger, then shared round robin)")

@@ -2,27 +2,24 @@
 
 Everything that touches torch, CUDA or transformers' CB engine happens in `worker.py`, in a child process: a CUDA
 illegal memory access kills that process's CUDA context, and a segfault or abort kills the process, so one config
-per process is the only way a crash loses no other result. This module starts the worker, draws its progress bar,
-enforces the timeout, and turns whatever the worker left behind (results.jsonl, meta.json, its log, its exit
+per process is the only way a crash loses no other result. This module starts the worker (process.py), draws its progress bar,
+stops it when it stalls, and turns whatever the worker left behind (results.jsonl, meta.json, its log, its exit
 status) into a `RunResult`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
-import os
 import signal
 import subprocess
 import sys
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import EngineConfig
 from ..results import RunResult, Sample, atomic_write_json, read_jsonl
+from .process import Limits, Worker, default_limits, worker_env
 
 # error text -> error class, first match wins (checked against sample errors and the worker's log)
 ERROR_CLASSES = (
@@ -53,11 +50,16 @@ class Job:
     max_new_tokens: int
     job_dir: Path
     chat: bool = False
-    timeout_s: float = 600.0
+    timeout_s: float | None = None  # an explicit limit on the whole run (--timeout-s); None: none
+    stall_s: float | None = None  # no finished request and no engine step for this long: hung (None: by device)
     python: str = field(default_factory=lambda: sys.executable)
     pythonpath: str | None = None  # folder put first on the worker's PYTHONPATH (another transformers build)
     cuda_device: str | None = None  # CUDA_VISIBLE_DEVICES for the worker
     label: str = ""
+
+    def limits(self) -> Limits:
+        base = default_limits(cuda=False, total_s=self.timeout_s)  # the CPU's stall limit: the longer one
+        return base if self.stall_s is None else dataclasses.replace(base, stall_s=self.stall_s)
 
     def spec(self) -> dict:
         return {"engine": dataclasses.asdict(self.engine), "model": self.model, "prompts": self.prompts,
@@ -71,23 +73,11 @@ def _tail(path: Path, n: int = 20) -> list[str]:
     return [line[:400] for line in lines[-n:]]
 
 
-def _worker_env(extra_path: str | None = None, cuda_device: str | None = None) -> dict:
-    env = dict(os.environ)
-    if cuda_device is not None:
-        env["CUDA_VISIBLE_DEVICES"] = cuda_device
-    src = str(Path(__file__).resolve().parents[2])  # so an engine interpreter without the package finds it
-    paths = [p for p in (extra_path, src, env.get("PYTHONPATH")) if p]
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 def probe_engine(python: str = sys.executable, pythonpath: str | None = None, timeout_s: float = 300) -> dict:
     """Ask an engine's interpreter what its transformers build is and can express (a short-lived worker)."""
     try:
         proc = subprocess.run([python, "-m", "evalharness.engine.worker", "--probe"], capture_output=True, text=True,
-                              env=_worker_env(pythonpath), stdin=subprocess.DEVNULL, timeout=timeout_s)
+                              env=worker_env(pythonpath), stdin=subprocess.DEVNULL, timeout=timeout_s)
     except (OSError, subprocess.TimeoutExpired) as e:
         return {"error": f"{type(e).__name__}: {e}"}
     for line in proc.stdout.splitlines():
@@ -97,69 +87,40 @@ def probe_engine(python: str = sys.executable, pythonpath: str | None = None, ti
     return {"error": last[:300]}
 
 
-def _prctl():
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the forked child only calls it
-    except (OSError, AttributeError):  # not Linux
-        return None
-
-
-_PRCTL = _prctl() if sys.platform.startswith("linux") else None
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(parent: int) -> None:
-    """Runs in the worker between fork and exec: the kernel SIGKILLs the worker when its parent dies, so a parent
-    killed with SIGKILL (or Ctrl-C) leaves no orphan writing into a job folder that `--resume` reuses."""
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
-        if os.getppid() != parent:  # the parent died before the request took effect
-            os._exit(1)
-
-
 def run_engine(job: Job, progress: bool = True) -> RunResult:
-    """Run one job in a fresh worker process and collect what it left behind. Never raises for engine failures."""
+    """Run one job in a fresh worker process and collect what it left behind. Never raises for engine failures.
+    (pool.run_pool runs many jobs on reused workers.)"""
     from tqdm import tqdm
 
+    prepare_dir(job)
+    bar = tqdm(total=len(job.prompts), desc=job.label or job.key, unit="req", disable=not progress, leave=True,
+               dynamic_ncols=True)
+
+    def on_progress(done: int, total: int) -> None:
+        bar.n = done
+        bar.refresh()
+
+    worker = Worker(None, job.python, job.pythonpath, job.cuda_device, None, job.job_dir / "worker.log")
+    try:
+        outcome = worker.run(job.job_dir, job.limits(), on_progress)
+    finally:
+        worker.close()
+        bar.close()
+    return collect(job, outcome.returncode, outcome.stopped, outcome.wall_s)
+
+
+def prepare_dir(job: Job) -> None:
+    """A clean job folder holding job.json and an empty worker.log, before a worker gets it."""
     job.job_dir.mkdir(parents=True, exist_ok=True)
     for stale in ("results.jsonl", "meta.json", "audit.json"):
         (job.job_dir / stale).unlink(missing_ok=True)
     atomic_write_json(job.job_dir / "job.json", job.spec())
-    log_path = job.job_dir / "worker.log"
-    bar = tqdm(total=len(job.prompts), desc=job.label or job.key, unit="req", disable=not progress, leave=True,
-               dynamic_ncols=True)
-    t0 = time.perf_counter()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([job.python, "-m", "evalharness.engine.worker", str(job.job_dir)],
-                                stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True,
-                                env=_worker_env(job.pythonpath, job.cuda_device), start_new_session=True,
-                                preexec_fn=functools.partial(_die_with_parent, os.getpid()))
-
-        def pump():
-            for line in proc.stdout:
-                parts = line.split()
-                if len(parts) == 3 and parts[0] == "PROGRESS":
-                    bar.n = int(parts[1])
-                    bar.refresh()
-
-        reader = threading.Thread(target=pump, daemon=True)
-        reader.start()
-        timed_out = False
-        try:
-            proc.wait(timeout=job.timeout_s)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        reader.join(timeout=5)
-    bar.close()
-    wall = time.perf_counter() - t0
-    return collect(job, proc.returncode, timed_out, wall)
+    (job.job_dir / "worker.log").write_text("")
 
 
-def collect(job: Job, returncode: int, timed_out: bool, wall_s: float) -> RunResult:
+def collect(job: Job, returncode: int | None, timed_out: bool | str | None, wall_s: float) -> RunResult:
+    """What a worker left in the job folder -> RunResult. `timed_out`: why the parent stopped it ("stall": no
+    progress for the stall limit; "total" or True: past --timeout-s), or None."""
     meta_path, results_path = job.job_dir / "meta.json", job.job_dir / "results.jsonl"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     meta["wall_s"] = wall_s
@@ -185,7 +146,11 @@ def collect(job: Job, returncode: int, timed_out: bool, wall_s: float) -> RunRes
     if meta.get("status") == "unsupported":
         status, error = "unsupported", meta.get("reason")
     elif timed_out:
-        status, error_class, error = "timeout", "hang", f"no result after the {job.timeout_s:.0f} s timeout"
+        if timed_out == "stall":
+            why = f"no progress (no finished request, no engine step) for {job.limits().stall_s:.0f} s"
+        else:
+            why = f"no result after the {job.timeout_s or 0:.0f} s timeout"
+        status, error_class, error = "timeout", "hang", why
     elif meta.get("status") == "error":
         status, error = "error", meta.get("error")
         error_class = classify(log_text) or f"{meta.get('phase', 'worker')}_error"

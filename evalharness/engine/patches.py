@@ -9,7 +9,7 @@ silently testing nothing. Written by hand: no library patches transformers' CB e
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 
 class PatchError(RuntimeError):
@@ -38,21 +38,46 @@ def device_ios(io: Any) -> list[Any]:
     return [io]
 
 
-def force_padding(pad_seqlen_k: bool | None) -> list[str]:
-    """Make a graphs-off engine pad its batches exactly as a graph run does (the padded-eager twin).
+class _Padding:
+    """Whether the processor being built now is a padded-eager twin's: the patch is installed once per process and
+    read at each ContinuousBatchProcessor construction, so one worker can serve a twin and a plain run in turn (one
+    job at a time, and a processor is built inside generate_batch, after the job set this)."""
 
-    After the batch processor is built: switch its padding flag on (ModelRunner.pad_inputs in 5.17+, the processor's
-    own _pad_inputs before), and set the IOs' use_cuda_graph_varlen flag, which decides whether max_seqlen_q/k are
-    padded, to what the graph run has. Returns notes for the report.
+    installed = False
+    enabled = False
+    pad_seqlen_k: bool | None = None
+    notes: list[str] = []
+
+
+def set_padding(enabled: bool, pad_seqlen_k: bool | None) -> list[str]:
+    """Force padding on (a twin) or leave the engine as is for the next processor built in this process. Returns the
+    list the patch adds its notes to while the job runs (for the report)."""
+    if enabled and not _Padding.installed:
+        install_padding()
+    _Padding.enabled, _Padding.pad_seqlen_k, _Padding.notes = bool(enabled), pad_seqlen_k, []
+    return _Padding.notes
+
+
+def force_padding(pad_seqlen_k: bool | None) -> list[str]:
+    """Make a graphs-off engine pad its batches exactly as a graph run does (the padded-eager twin)."""
+    return set_padding(True, pad_seqlen_k)
+
+
+def install_padding() -> None:
+    """Wrap ContinuousBatchProcessor.__init__ once. While `_Padding.enabled`: after the batch processor is built,
+    switch its padding flag on (ModelRunner.pad_inputs in 5.17+, the processor's own _pad_inputs before), and set the
+    IOs' use_cuda_graph_varlen flag, which decides whether max_seqlen_q/k are padded, to what the graph run has.
     """
     version, api, _ = _cb_modules()
     cls = _require(api, "ContinuousBatchProcessor", "continuous_api")
     original_init = cls.__init__
-    notes: list[str] = []
 
     @functools.wraps(original_init)
     def init(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
+        if not _Padding.enabled:
+            return
+        pad_seqlen_k, notes = _Padding.pad_seqlen_k, _Padding.notes
         runner = getattr(self, "model_runner", None)
         if runner is not None and hasattr(runner, "pad_inputs"):
             runner.pad_inputs = True
@@ -70,7 +95,26 @@ def force_padding(pad_seqlen_k: bool | None) -> list[str]:
                                  "max_seqlen (pre-#45323 layout), so neither does the twin")
 
     cls.__init__ = init
-    return notes
+    _Padding.installed = True
+
+
+def install_heartbeat(beat: Callable[[], None]) -> bool:
+    """Call `beat` after every engine step (ContinuousBatchProcessor.update_batch, in both the 5.5 and 5.17+ layouts):
+    the parent's sign of life between finished requests. Returns False where the step method is not found."""
+    _, api, _ = _cb_modules()
+    cls = getattr(api, "ContinuousBatchProcessor", None)
+    original = getattr(cls, "update_batch", None)
+    if original is None:
+        return False
+
+    @functools.wraps(original)
+    def update_batch(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        beat()
+        return out
+
+    cls.update_batch = update_batch
+    return True
 
 
 def io_class():

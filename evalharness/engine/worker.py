@@ -5,7 +5,11 @@ Reads JOB_DIR/job.json, runs transformers' continuous-batching `generate_batch` 
   what was already computed;
 - JOB_DIR/meta.json: versions, the engine configuration as transformers resolved it, timings and memory
   (written atomically at the end; its absence means the worker died);
-and prints `PROGRESS done total` lines on stdout for the parent's progress bar. Logs go to stderr.
+and prints `PROGRESS done total` lines on stdout for the parent's progress bar, `BEAT` every few seconds while the
+engine steps and `PHASE load|generate` (the parent's stall detection). Logs go to stderr.
+
+`python -m evalharness.engine.worker --serve` is a reused worker: job folders arrive on stdin, one per line; the model
+stays loaded between jobs, stderr is pointed at each job's worker.log, and `DONE rc` follows each job.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..faults import fault as fault_entry
@@ -67,7 +73,11 @@ def load_model(model: dict, attn: str):
 def workload_blocks(inputs: list[list[int]], max_new_tokens: int, block_size: int = 256) -> int:
     """A KV cache that holds every request at once: sized from the workload, not from free memory, so a run and its
     twin get the same cache (the padded KV read is capped by its size) and several workers can share one GPU."""
-    return sum(-(-(len(x) + max_new_tokens) // block_size) for x in inputs) + 16
+    return blocks_for([len(x) for x in inputs], max_new_tokens, block_size)
+
+
+def blocks_for(prompt_lengths: list[int], max_new_tokens: int, block_size: int = 256) -> int:
+    return sum(-(-(n + max_new_tokens) // block_size) for n in prompt_lengths) + 16
 
 
 def _tuple_graphs(config_cls) -> bool:
@@ -118,11 +128,50 @@ def _resolved(manager_like) -> dict:
     return out
 
 
-def run(job_dir: Path) -> int:
+_OUT_LOCK = threading.Lock()
+
+
+def emit(line: str) -> None:
+    """One protocol line on stdout (PROGRESS, BEAT, PHASE, DONE), written whole: the generation thread beats while
+    the main thread reports finished requests."""
+    with _OUT_LOCK:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+BEAT_EVERY_S = 2.0
+_last_beat = [0.0]
+
+
+def beat() -> None:
+    """At most one BEAT line every BEAT_EVERY_S seconds, called from the engine's step: the parent's sign of life."""
+    now = time.monotonic()
+    if now - _last_beat[0] >= BEAT_EVERY_S:
+        _last_beat[0] = now
+        emit("BEAT")
+
+
+@dataclass
+class WorkerState:
+    """What a worker keeps between jobs: the loaded model (one load per worker) and the process-wide patches it was
+    set up with. Jobs of one worker must share the patch set (the pool keys workers by it; see schedule.worker_key);
+    padding is switched per job (patches.set_padding), the perturb hook removed after each job."""
+
+    model_key: str | None = None
+    lm: object = None
+    tokenizer: object = None
+    load_s: float | None = None
+    patch_key: str | None = None
+    jobs: int = 0
+    heartbeat: bool = False
+    auditor: object = None
+
+
+def run(job_dir: Path, state: WorkerState | None = None) -> int:
     job = json.loads((job_dir / "job.json").read_text())
     meta: dict = {"status": "running", "engine": job["engine"], "notes": [], "phase": "setup"}
     try:
-        return _run(job_dir, job, meta)
+        return _run(job_dir, job, meta, state or WorkerState())
     except Exception as e:  # one line for the report, the traceback for the log
         log.error("worker failed during %s:\n%s", meta["phase"], traceback.format_exc())
         meta.update(status="error", error=f"{type(e).__name__}: {e}".splitlines()[0][:500])
@@ -130,7 +179,7 @@ def run(job_dir: Path) -> int:
         return 3
 
 
-def _run(job_dir: Path, job: dict, meta: dict) -> int:
+def _run(job_dir: Path, job: dict, meta: dict, state: WorkerState) -> int:
     engine, model_spec = job["engine"], job["model"]
     results_path = job_dir / "results.jsonl"
     t_start = time.perf_counter()
@@ -143,7 +192,7 @@ def _run(job_dir: Path, job: dict, meta: dict) -> int:
     meta["versions"] = _versions()
     version = transformers.__version__
 
-    # Engine-side patches first: they wrap classes the manager will instantiate.
+    # Engine-side patches first: they wrap classes the manager will instantiate. Process-wide ones only once.
     attn = engine["attn"]
     if attn == "torch-flash":
         from . import torch_flash
@@ -151,20 +200,30 @@ def _run(job_dir: Path, job: dict, meta: dict) -> int:
         attn = torch_flash.register()
     elif attn in ("sdpa", "eager"):
         attn = f"paged|{attn}"
-    if engine.get("force_padding"):
-        meta["notes"] += patches.force_padding(engine.get("pad_seqlen_k"))
-    fault = fault_entry(engine.get("fault"))
-    if fault.engine_patch is not None:
-        fault.engine_patch()
-    auditor = None
-    if engine.get("audit"):
-        from ..audit import Auditor
-        from . import audit_hooks
+    from ..schedule import patch_key
 
-        # each finding is saved at once: a run that then crashes or times out keeps its attribution
-        auditor = Auditor(keep_all=engine["audit"] == "all",
-                          on_finding=lambda j: atomic_write_json(job_dir / "audit.json", j))
-        audit_hooks.install(auditor)
+    fault = fault_entry(engine.get("fault"))
+
+    key = patch_key(engine)
+    if state.patch_key is None:
+        if fault.engine_patch is not None:
+            fault.engine_patch()
+        if engine.get("audit"):
+            from ..audit import Auditor
+            from . import audit_hooks
+
+            # each finding is saved at once: a run that then crashes or times out keeps its attribution
+            auditor = Auditor(keep_all=engine["audit"] == "all",
+                              on_finding=lambda j: atomic_write_json(job_dir / "audit.json", j))
+            audit_hooks.install(auditor)
+            state.auditor = auditor
+        if not state.heartbeat:
+            state.heartbeat = patches.install_heartbeat(beat)
+        state.patch_key = key
+    elif state.patch_key != key:
+        raise RuntimeError(f"this worker was set up for patches {state.patch_key}, not {key}: a pool bug")
+    auditor = state.auditor
+    padding_notes = patches.set_padding(bool(engine.get("force_padding")), engine.get("pad_seqlen_k"))
 
     _, unsupported = _cb_config(engine, version)
     if unsupported:  # before loading anything
@@ -173,12 +232,23 @@ def _run(job_dir: Path, job: dict, meta: dict) -> int:
         return 0
 
     meta["phase"] = "load"
+    emit("PHASE load")
+    model_key = json.dumps([model_spec, attn], sort_keys=True)
+    reused = state.model_key == model_key
     t0 = time.perf_counter()
-    lm, tokenizer = load_model(model_spec, attn)
-    meta["load_s"] = time.perf_counter() - t0
+    if not reused:
+        state.lm = state.tokenizer = None
+        state.lm, state.tokenizer = load_model(model_spec, attn)
+        state.model_key, state.load_s = model_key, time.perf_counter() - t0
+    lm, tokenizer = state.lm, state.tokenizer
+    meta["load_s"] = 0.0 if reused else state.load_s  # what this job paid: nothing when the model was loaded
+    meta["worker"] = {"pid": os.getpid(), "load_s": state.load_s, "job": state.jobs, "reused_model": reused,
+                      "threads": torch.get_num_threads(), "gguf_cache": getattr(lm, "_evalharness_gguf_cache", None)}
+    state.jobs += 1
     meta["phase"] = "generate"
-    if fault.model_hook is not None:
-        fault.model_hook(lm, engine)
+    emit("PHASE generate")
+    hook = fault.model_hook(lm, engine) if fault.model_hook is not None else None
+    hooks = [hook] if hook is not None else []  # removed after the job: the model serves the next one
 
     prompts = job["prompts"]
     if job.get("chat"):
@@ -198,7 +268,7 @@ def _run(job_dir: Path, job: dict, meta: dict) -> int:
     original_get, original_add = manager_cls.get_result, manager_cls.add_requests
     id_to_index: dict[str, int] = {}
     seen: dict = {"n": 0, "manager": None}
-    timeout_hint = job.get("timeout_s", 60)
+    timeout_hint = job.get("timeout_s") or 60
     fire = None if fault.after_first_result is None else lambda: fault.after_first_result(timeout_hint)
     total = len(inputs)
     out = results_path.open("a", encoding="utf-8")
@@ -224,7 +294,7 @@ def _run(job_dir: Path, job: dict, meta: dict) -> int:
             out.write(json.dumps(record) + "\n")
             out.flush()
             seen["n"] += 1
-            print(f"PROGRESS {seen['n']} {total}", flush=True)
+            emit(f"PROGRESS {seen['n']} {total}")
             if seen["n"] == 1 and fire is not None:
                 fire()
         return result
@@ -232,7 +302,7 @@ def _run(job_dir: Path, job: dict, meta: dict) -> int:
     manager_cls.add_requests, manager_cls.get_result = add_requests, get_result
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    print(f"PROGRESS 0 {total}", flush=True)
+    emit(f"PROGRESS 0 {total}")
     t0 = time.perf_counter()
     try:
         lm.generate_batch(inputs=inputs, generation_config=gen_config, continuous_batching_config=cb_config,
@@ -244,16 +314,60 @@ def _run(job_dir: Path, job: dict, meta: dict) -> int:
         log.error("generate_batch raised:\n%s", traceback.format_exc())
     finally:
         out.close()
+        manager_cls.add_requests, manager_cls.get_result = original_add, original_get
+        for hook in hooks:
+            hook.remove()
     meta["generate_s"] = time.perf_counter() - t0
     meta["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
     meta["resolved"] = _resolved(seen["manager"])
+    meta["notes"] += padding_notes
     if auditor is not None:
         meta["audit"] = auditor.to_json()
     meta["prompt_tokens_max"] = max((len(x) for x in inputs), default=0)
     meta["total_s"] = time.perf_counter() - t_start
     meta["status"] = "done"
     atomic_write_json(job_dir / "meta.json", meta)
+    seen["manager"] = None
+    if torch.cuda.is_available():  # the next job of this worker sizes its own KV cache
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()
     return 0
+
+
+def _log_to(path: Path) -> None:
+    """Point this process's stderr (fd 2: Python logging, and what CUDA or a crash prints) at one job's log."""
+    sys.stderr.flush()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def serve() -> int:
+    """`--serve`: run the jobs whose folders arrive on stdin, one per line, in this process (the model stays loaded);
+    `DONE rc` on stdout after each. A job that fails (rc != 0) ends the worker: the pool starts a fresh one."""
+    state = WorkerState()
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        job_dir = Path(line.strip())
+        _log_to(job_dir / "worker.log")
+        rc = run(job_dir, state)
+        emit(f"DONE {rc}")
+        if rc != 0:
+            return rc
+    return 0
+
+
+def _thread_budget() -> None:
+    """EVALHARNESS_THREADS (set by the pool next to OMP/MKL_NUM_THREADS): torch's intra-op threads for this worker,
+    so that the workers of one machine never oversubscribe its cores."""
+    n = os.environ.get("EVALHARNESS_THREADS")
+    if n:
+        import torch
+
+        torch.set_num_threads(max(1, int(n)))
 
 
 def probe() -> dict:
@@ -273,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=os.environ.get("EVALHARNESS_WORKER_LOG", "WARNING"), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    _thread_budget()
+    if argv and argv[0] == "--serve":
+        return serve()
     return run(Path(argv[0]))
 
 

@@ -1,0 +1,203 @@
+"""Many jobs on a pool of reused worker processes: one model load per worker, the slowest jobs first, a crash or a
+stall retires its worker and the job is retried once in a fresh one, and a status line every 30 s.
+
+Each slot (a thread) owns at most one worker at a time, started from that thread (PR_SET_PDEATHSIG follows the
+forking thread) and pinned to one GPU (--devices, round robin). A slot takes the next job by schedule.next_job: the
+slowest pending job, preferring one its current worker can serve (same schedule.worker_key); a job with another key
+retires the worker first. Every job keeps its own folder (job.json, results.jsonl, meta.json, worker.log), so
+`collect`, the cache, `--resume` and `merge` see exactly what a one-job worker leaves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..results import RunResult
+from ..schedule import Budget, critical_path_order, next_job, single_use, status_line, worker_key
+from . import Job, collect, prepare_dir
+from .process import Worker
+
+STATUS_EVERY_S = 30.0
+RETRIED = ("crash", "timeout")
+
+
+@dataclass
+class PoolReport:
+    """What the pool did, for the summary and the report."""
+
+    budget: Budget
+    workers: list[dict] = field(default_factory=list)  # id, device, threads, load_s, jobs (run keys), end
+
+    @property
+    def model_loads(self) -> int:
+        return sum(1 for w in self.workers if w["load_s"] is not None)
+
+    def to_json(self) -> dict:
+        return {"workers": self.budget.workers, "threads_per_worker": self.budget.threads, "why": self.budget.why,
+                "model_loads": self.model_loads, "processes": self.workers}
+
+
+class Pool:
+    def __init__(self, jobs: list[Job], budget: Budget, devices: list[str] | None = None, progress: bool = True,
+                 on_result: Callable[[Job, RunResult], None] | None = None, retries: int = 1,
+                 status_every_s: float = STATUS_EVERY_S, stream=None, guard=None,
+                 cached: Callable[[Job], RunResult | None] | None = None):
+        self.pending = critical_path_order(jobs)
+        self.budget, self.devices, self.progress, self.retries = budget, devices, progress, retries
+        self.on_result = on_result or (lambda job, result: None)
+        self.status_every_s, self.stream = status_every_s, stream or sys.stderr
+        self.report = PoolReport(budget)
+        self.results: dict[str, RunResult] = {}
+        self.lock = threading.Lock()
+        self.total_jobs = len(jobs)
+        self.samples_total = sum(len(j.prompts) for j in jobs)
+        self.samples_done: dict[str, int] = {}
+        self.running: dict[str, Worker] = {}
+        self.cancelled: set[str] = set()
+        self.t0 = time.monotonic()
+        # a job's folder is held (guard(job_dir): another invocation sharing the cache waits) while it runs, and
+        # read again once held: that invocation may have finished it meanwhile
+        self.guard = guard or (lambda folder: contextlib.nullcontext())
+        self.cached = cached or (lambda job: None)
+
+    # --- the run ---------------------------------------------------------------------------------------------
+    def run(self) -> dict[str, RunResult]:
+        slots = min(self.budget.workers, len(self.pending))
+        stop = threading.Event()
+        ticker = threading.Thread(target=self._tick, args=(stop,), daemon=True)
+        ticker.start()
+        try:
+            if slots <= 1:
+                self._slot(0)
+            else:
+                threads = [threading.Thread(target=self._slot, args=(i,), daemon=True) for i in range(slots)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    while t.is_alive():  # a join with a timeout lets Ctrl-C through
+                        t.join(timeout=0.5)
+        finally:
+            stop.set()
+            ticker.join(timeout=2)
+        return self.results
+
+    def cancel(self, keys: set[str]) -> None:
+        """--fail-fast: drop these jobs if pending; stop them if running (their partial results are kept)."""
+        with self.lock:
+            self.cancelled |= keys
+            self.pending = [j for j in self.pending if j.key not in keys]
+
+    def _slot(self, i: int) -> None:
+        device = self.devices[i % len(self.devices)] if self.devices else None
+        worker: Worker | None = None
+        try:
+            while True:
+                with self.lock:
+                    if not self.pending:
+                        return
+                    current = worker.key if worker is not None and worker.alive else None
+                    job = self.pending.pop(next_job(self.pending, current))
+                job.cuda_device = device
+                with self.guard(job.job_dir):
+                    result = self.cached(job)
+                    if result is None:
+                        result, worker = self._run_job(job, worker, device)
+                        self.on_result(job, result)
+                with self.lock:
+                    self.results[job.key] = result
+                    self.samples_done[job.key] = len(job.prompts)
+        finally:
+            if worker is not None:
+                self._retire(worker, "idle")
+
+    def _run_job(self, job: Job, worker: Worker | None, device: str | None) -> tuple[RunResult, Worker | None]:
+        from tqdm import tqdm
+
+        key = worker_key(job)
+        attempts = 0
+        while True:
+            attempts += 1
+            if worker is not None and (not worker.alive or worker.key != key):
+                self._retire(worker, "other patch set" if worker.alive else "died")
+                worker = None
+            prepare_dir(job)
+            if worker is None:
+                worker = self._start(key, job, device)
+            bar = tqdm(total=len(job.prompts), desc=job.label or job.key, unit="req", disable=not self.progress,
+                       leave=True, dynamic_ncols=True)
+
+            def on_progress(done: int, total: int, bar=bar) -> None:
+                bar.n = done
+                bar.refresh()
+                with self.lock:
+                    self.samples_done[job.key] = done
+
+            with self.lock:
+                self.running[job.key] = worker
+            try:
+                outcome = worker.run(job.job_dir, job.limits(), on_progress,
+                                     cancelled=lambda: job.key in self.cancelled)
+            finally:
+                bar.close()
+                with self.lock:
+                    self.running.pop(job.key, None)
+            result = collect(job, outcome.returncode, outcome.stopped, outcome.wall_s)
+            self._note_load(worker, result)
+            worker.record["jobs"].append(job.key)
+            if result.status in RETRIED or not worker.alive or single_use(job.engine):
+                self._retire(worker, result.status if result.status != "ok" else "single use")
+                worker = None
+            if result.status in RETRIED and attempts <= self.retries and job.key not in self.cancelled:
+                with self.lock:
+                    self.samples_done[job.key] = 0
+                continue
+            result.meta["attempts"] = attempts
+            return result, worker
+
+    def _start(self, key: tuple, job: Job, device: str | None) -> Worker:
+        worker = Worker(key, job.python, job.pythonpath, device, self.budget.threads, job.job_dir / "worker.log")
+        worker.record = {"id": worker.id, "device": device, "threads": self.budget.threads, "load_s": None,
+                         "jobs": [], "end": None}
+        with self.lock:
+            self.report.workers.append(worker.record)
+        return worker
+
+    @staticmethod
+    def _note_load(worker: Worker, result: RunResult) -> None:
+        info = result.meta.get("worker") or {}
+        if info and not info.get("reused_model") and worker.record["load_s"] is None:
+            worker.record["load_s"] = result.meta.get("load_s")
+
+    @staticmethod
+    def _retire(worker: Worker, why: str) -> None:
+        if worker.alive:
+            worker.close() if why == "idle" else worker.kill()
+        worker.record["end"] = why
+
+    # --- the status line -------------------------------------------------------------------------------------
+    def status(self) -> str:
+        with self.lock:
+            return status_line(len(self.results), self.total_jobs, sum(self.samples_done.values()),
+                               self.samples_total, time.monotonic() - self.t0, len(self.running))
+
+    def _tick(self, stop: threading.Event) -> None:
+        while not stop.wait(self.status_every_s):
+            line = self.status()
+            if self.progress:
+                from tqdm import tqdm
+
+                tqdm.write(line, file=self.stream)
+            else:
+                print(line, file=self.stream, flush=True)
+
+
+def run_pool(jobs: list[Job], budget: Budget, devices: list[str] | None = None, progress: bool = True,
+             on_result: Callable[[Job, RunResult], None] | None = None, guard=None,
+             cached: Callable[[Job], RunResult | None] | None = None) -> tuple[dict[str, RunResult], PoolReport]:
+    pool = Pool(jobs, budget, devices, progress, on_result, guard=guard, cached=cached)
+    return pool.run(), pool.report

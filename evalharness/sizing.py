@@ -1,0 +1,133 @@
+"""The numbers `--jobs auto` needs, read from the model files and the machine (schedule.py decides with them).
+
+- Model geometry without loading the model: parameter count (safetensors headers, or GGUF tensor infos), layers,
+  KV heads, head dim and vocabulary (config.json, or the GGUF metadata).
+- The KV cache a worker allocates is sized from the workload (engine/worker.py workload_blocks); here the prompts
+  are text, so tokens are over-estimated at one per 3 bytes.
+- Free GPU memory from `nvidia-smi` (the parent never creates a CUDA context), cores from the affinity mask.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from .schedule import kv_cache_bytes, worker_bytes
+
+DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4, "auto": 4}
+
+
+@dataclass(frozen=True)
+class Geometry:
+    n_params: int
+    layers: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+
+
+def _safetensors_params(folder: Path) -> int:
+    total = 0
+    for f in folder.glob("*.safetensors"):
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        for name, t in header.items():
+            if name != "__metadata__":
+                count = 1
+                for d in t["shape"]:
+                    count *= d
+                total += count
+    return total
+
+
+def _from_config(cfg: dict, n_params: int) -> Geometry:
+    cfg = cfg.get("text_config") or cfg
+    heads = cfg.get("num_attention_heads") or 1
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
+    return Geometry(n_params, cfg["num_hidden_layers"], cfg.get("num_key_value_heads") or heads, head_dim,
+                    cfg.get("vocab_size") or 0)
+
+
+def _from_gguf(path: Path) -> Geometry:
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+
+    def field(name: str):
+        f = reader.fields.get(name)
+        if f is None:
+            return None
+        value = f.parts[f.data[0]]
+        return value.tolist()[0] if hasattr(value, "tolist") and len(value) == 1 else value
+
+    arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+    heads = int(field(f"{arch}.attention.head_count") or 1)
+    kv_heads = int(field(f"{arch}.attention.head_count_kv") or heads)
+    head_dim = field(f"{arch}.attention.key_length")
+    head_dim = int(head_dim) if head_dim else int(field(f"{arch}.embedding_length")) // heads
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    vocab = len(tokens.data) if tokens is not None else 0
+    n_params = sum(int(t.n_elements) for t in reader.tensors)
+    return Geometry(n_params, int(field(f"{arch}.block_count")), kv_heads, head_dim, vocab)
+
+
+def geometry(model: dict) -> Geometry | None:
+    """From a worker's model spec; None for a hub id or anything unreadable (the budget then ignores memory)."""
+    try:
+        folder = Path(model["path"])
+        if model.get("gguf_file"):
+            return _from_gguf(folder / model["gguf_file"])
+        if (folder / "config.json").is_file():
+            return _from_config(json.loads((folder / "config.json").read_text()), _safetensors_params(folder))
+    except (OSError, KeyError, ValueError, TypeError, ImportError, struct.error):
+        return None
+    return None
+
+
+def per_worker_bytes(model: dict, prompts: list[str], max_new_tokens: int, max_bt: int,
+                     block_size: int = 256) -> int | None:
+    from .engine.worker import blocks_for
+
+    g = geometry(model)
+    if g is None:
+        return None
+    dtype_bytes = DTYPE_BYTES.get(model.get("dtype", "auto"), 4)
+    blocks = blocks_for([len(p.encode()) // 3 + 1 for p in prompts], max_new_tokens, block_size)
+    kv = kv_cache_bytes(g.layers, g.kv_heads, g.head_dim, dtype_bytes, block_size, blocks)
+    return worker_bytes(g.n_params, dtype_bytes, kv, max_bt, g.vocab)
+
+
+def gpu_free_bytes(devices: list[str] | None) -> list[int] | None:
+    """Free memory per GPU (the --devices entries, or every visible GPU), from nvidia-smi; None if unknown."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    cmd = [exe, "--query-gpu=index,memory.free", "--format=csv,noheader,nounits"]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    free = {}
+    for line in out.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
+            free[parts[0]] = int(parts[1]) * 2**20
+    if not free:
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    wanted = devices or ([d.strip() for d in visible.split(",") if d.strip()] if visible else list(free))
+    values = [free[d] for d in wanted if d in free]
+    return values or None
+
+
+def cpu_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1

@@ -1,0 +1,231 @@
+"""The worker pool: scheduling decisions (critical path, reuse, budget), the model geometry --jobs auto reads, the
+stall-based hang signal against real processes, and end to end on CPU through the real engine: one model load for
+the jobs of one patch set, results identical to a fresh worker per job, a crashing job retired and retried."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from evalharness import schedule
+from evalharness.config import Capabilities, EngineConfig, plan_runs
+from evalharness.engine import Job
+from evalharness.engine.process import Limits, Worker
+
+GIB = 2**30
+
+
+def job(engine: EngineConfig, model: dict | None = None, tmp: Path = Path("."), **kw) -> Job:
+    return Job(key=engine.key(), engine=engine, model=model or {"path": "m"}, prompts=["p"], max_new_tokens=1,
+               job_dir=tmp / engine.key(), **kw)
+
+
+# --- pure: order, reuse, budget ----------------------------------------------------------------------------------
+
+def test_critical_path_puts_twins_then_eager_off_before_graph_runs():
+    plan = plan_runs(["off", "on", "varlen", "decode"], [384], Capabilities(cuda=True, attn="torch-flash"))
+    ordered = schedule.critical_path_order([job(cfg) for cfg in plan.runs.values()])
+    kinds = ["twin" if j.engine.force_padding else "graphs" if any(j.engine.cuda_graph) else "off" for j in ordered]
+    # torch-flash has no decode fast path: decode is its own twin, so three padded-eager runs lead
+    assert kinds == ["twin", "twin", "off", "graphs", "graphs"]
+    audited = EngineConfig(max_bt=384, attn="sdpa", cuda_graph=(True, True), audit="first")
+    assert schedule.job_cost(audited) > schedule.job_cost(EngineConfig(max_bt=384, attn="sdpa",
+                                                                       cuda_graph=(True, True)))
+
+
+def test_twins_share_a_worker_with_plain_runs_but_not_with_other_patches():
+    base = dict(max_bt=384, attn="sdpa")
+    off = job(EngineConfig(cuda_graph=(False, False), **base))
+    twin = job(EngineConfig(cuda_graph=(False, False), force_padding=True, pad_seqlen_k=True, **base))
+    graphs = job(EngineConfig(cuda_graph=(True, True), **base))
+    key = schedule.worker_key(off)
+    assert schedule.worker_key(twin) == key == schedule.worker_key(graphs)  # padding is switched per job
+    for other in (job(EngineConfig(cuda_graph=(True, True), fault="pre45323", **base)),
+                  job(EngineConfig(cuda_graph=(True, True), audit="first", **base)),
+                  job(EngineConfig(cuda_graph=(True, True), max_bt=384, attn="eager")),
+                  job(EngineConfig(cuda_graph=(True, True), **base), model={"path": "other"}),
+                  job(EngineConfig(cuda_graph=(True, True), **base), pythonpath="/tf554")):
+        assert schedule.worker_key(other) != key
+    assert schedule.single_use(EngineConfig(cuda_graph=(True, True), audit="first", **base))
+    assert schedule.single_use(EngineConfig(cuda_graph=(False, False), fault="abort", **base))
+    assert not schedule.single_use(twin.engine)
+
+
+def test_next_job_prefers_the_current_worker_only_among_the_slowest():
+    base = dict(max_bt=384, attn="sdpa")
+    twin_a = job(EngineConfig(cuda_graph=(False, False), force_padding=True, pad_seqlen_k=True, **base))
+    twin_b = job(EngineConfig(cuda_graph=(False, False), force_padding=True, pad_seqlen_k=False, **base),
+                 model={"path": "b"})
+    graphs_b = job(EngineConfig(cuda_graph=(True, True), **base), model={"path": "b"})
+    pending = [twin_a, twin_b, graphs_b]
+    assert schedule.next_job(pending, schedule.worker_key(twin_b)) == 1
+    assert schedule.next_job(pending, None) == 0
+    # a matching graph run does not jump ahead of a slower twin
+    assert schedule.next_job([twin_a, graphs_b], schedule.worker_key(graphs_b)) == 0
+    with pytest.raises(ValueError):
+        schedule.next_job([], None)
+
+
+def test_auto_budget_is_bounded_by_memory_cores_and_jobs():
+    # H200-like: 16 cores, 139 GiB free, 20 GiB per worker -> 6 by memory, 8 by cores
+    b = schedule.auto_budget(n_jobs=10, cores=16, cuda=True, free_bytes=[139 * GIB], need_bytes=20 * GIB)
+    assert (b.workers, b.threads) == (6, 2)
+    b = schedule.auto_budget(n_jobs=10, cores=16, cuda=True, free_bytes=[139 * GIB], need_bytes=3 * GIB)
+    assert (b.workers, b.threads) == (8, 2)
+    b = schedule.auto_budget(n_jobs=5, cores=16, cuda=True, free_bytes=[139 * GIB], need_bytes=3 * GIB)
+    assert (b.workers, b.threads) == (5, 3)
+    assert b.workers * b.threads <= 16
+    # memory too small for even one: still one worker; a CPU: cores bound it
+    assert schedule.auto_budget(4, 16, True, free_bytes=[1 * GIB], need_bytes=3 * GIB).workers == 1
+    assert schedule.auto_budget(4, 2, False).workers == 1
+    assert "worker(s) x" in b.line() and "GiB free" in b.line()
+    assert schedule.fixed_budget(3, 8).threads == 2 and schedule.fixed_budget(4, 2).threads == 1
+
+
+def test_kv_cache_bytes_follow_the_model_geometry():
+    # Gemma 3 270M: 18 layers, 1 KV head of 256, bf16; 300 requests of ~1100+256 tokens in 256-slot blocks
+    blocks = 300 * 6 + 16
+    assert schedule.kv_cache_bytes(18, 1, 256, 2, 256, blocks) == 18 * 256 * 2 * 2 * 256 * blocks
+    kv = schedule.kv_cache_bytes(18, 1, 256, 2, 256, blocks)
+    assert 7.9 * GIB < kv < 8.1 * GIB  # the workload-sized cache dominates, not the 0.5 GB of weights
+    need = schedule.worker_bytes(268_000_000, 2, kv, 384, 262_144)
+    logits = 384 * 262_144 * 4  # one fp32 logits row per batch token
+    assert kv + 268_000_000 * 2 + logits + 1.5 * GIB < need < 1.3 * (kv + 268_000_000 * 2 + 3 * logits) + 1.5 * GIB
+
+
+def test_status_line_and_estimate():
+    assert schedule.estimate_left(60, 100, 400) == 180
+    assert schedule.estimate_left(60, 0, 400) is None
+    line = schedule.status_line(2, 5, 100, 400, 60, running=3)
+    assert line == "evalharness: status: jobs 2/5 done (3 running), samples 100/400, elapsed 1m00s, ~3m00s left"
+
+
+# --- model geometry for --jobs auto ------------------------------------------------------------------------------
+
+def test_geometry_from_safetensors_and_gguf(tmp_path):
+    import numpy as np
+    from gguf import GGUFWriter
+    from safetensors.numpy import save_file
+
+    from evalharness import sizing
+
+    folder = tmp_path / "st"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"num_hidden_layers": 3, "num_attention_heads": 4,
+                                                    "num_key_value_heads": 2, "hidden_size": 64, "vocab_size": 100}))
+    save_file({"a": np.zeros((10, 64), np.float32), "b": np.zeros((7,), np.float32)}, str(folder / "model.safetensors"))
+    assert sizing.geometry({"path": str(folder)}) == sizing.Geometry(647, 3, 2, 16, 100)
+
+    w = GGUFWriter(str(tmp_path / "m.gguf"), "llama")
+    w.add_block_count(5)
+    w.add_head_count(8)
+    w.add_head_count_kv(2)
+    w.add_embedding_length(256)
+    w.add_token_list([f"t{i}" for i in range(50)])
+    w.add_tensor("token_embd.weight", np.zeros((50, 256), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    assert sizing.geometry({"path": str(tmp_path), "gguf_file": "m.gguf"}) == sizing.Geometry(50 * 256, 5, 2, 32, 50)
+    assert sizing.geometry({"path": "org/hub-model"}) is None
+    need = sizing.per_worker_bytes({"path": str(folder), "dtype": "fp32"}, ["x" * 300] * 4, 16, 64)
+    assert need > 1.5 * GIB
+
+
+# --- the hang signal, against real processes ---------------------------------------------------------------------
+
+FAKE = textwrap.dedent("""
+    import sys, time
+    for line in sys.stdin:
+        print("PHASE generate", flush=True)
+        for i in range({beats}):
+            time.sleep(0.2)
+            print("BEAT", flush=True)
+        time.sleep({silence})
+        print("DONE 0", flush=True)
+""")
+
+
+def fake_worker(tmp_path: Path, beats: int, silence: float) -> Worker:
+    script = tmp_path / "fake.py"
+    script.write_text(FAKE.format(beats=beats, silence=silence))
+    return Worker("k", sys.executable, None, None, 1, tmp_path / "log", argv=[sys.executable, str(script)])
+
+
+def test_a_slow_run_that_beats_is_never_stopped_a_silent_one_is(tmp_path):
+    limits = Limits(stall_s=1.0, load_stall_s=5.0)
+    w = fake_worker(tmp_path, beats=15, silence=0)  # 3 s, longer than the stall limit, beating all along
+    first = w.run(tmp_path, limits)
+    assert (first.returncode, first.stopped) == (0, None) and first.wall_s > 2.5 and w.alive
+    second = w.run(tmp_path, limits)  # the same process serves a second job
+    assert second.stopped is None and w.alive
+    w.close()
+    silent = fake_worker(tmp_path, beats=1, silence=30)
+    out = silent.run(tmp_path, limits)
+    assert out.stopped == "stall" and 1.0 < out.wall_s < 5 and not silent.alive
+    total = fake_worker(tmp_path, beats=50, silence=0).run(tmp_path, Limits(stall_s=5, total_s=1.0))
+    assert total.stopped == "total" and total.wall_s < 4
+
+
+# --- end to end through the real engine (slow) -------------------------------------------------------------------
+
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "evalharness", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def common(model: Path, data: Path) -> list[str]:
+    return ["--model", str(model), "--data", str(data), "--limit", "3", "--fewshot", "0", "--max-new-tokens", "8",
+            "--dtype", "fp32", "--no-progress", "--max-bt", "32,64", "--graphs", "off,on"]
+
+
+@pytest.mark.slow
+def test_one_worker_one_model_load_same_tokens_as_fresh_workers(tiny_llama, gsm8k_test, tmp_path):
+    """Four jobs (off and the padded twin at two max_bt) share one worker and one model load, and every run's tokens
+    equal those of a fresh worker per job (run_engine)."""
+    from evalharness.engine import run_engine
+    from evalharness.results import read_jsonl
+
+    out = tmp_path / "pooled"
+    proc = cli("gsm8k", *common(tiny_llama, gsm8k_test), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "evalharness: 1 worker(s) x" in proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    pool = summary["pool"]
+    assert pool["model_loads"] == 1 and len(pool["processes"]) == 1 and len(pool["processes"][0]["jobs"]) == 4
+    assert pool["processes"][0]["load_s"] > 0
+    loads = sorted(r["load_s"] for r in summary["runs"].values())
+    assert loads[0] == 0 and loads[-1] > 0 and sum(x > 0 for x in loads) == 1
+    # slowest first: the padded twins ran before the off runs
+    order = pool["processes"][0]["jobs"]
+    assert [summary["runs"][k]["engine"]["force_padding"] for k in order] == [True, True, False, False]
+    for run_dir in (out / "runs").iterdir():
+        spec = json.loads((run_dir / "job.json").read_text())
+        fresh = run_engine(Job(key="fresh", engine=EngineConfig(**{**spec["engine"], "cuda_graph": tuple(
+            spec["engine"]["cuda_graph"])}), model=spec["model"], prompts=spec["prompts"],
+            max_new_tokens=spec["max_new_tokens"], job_dir=tmp_path / "fresh" / run_dir.name), progress=False)
+        pooled = {r["index"]: r["token_ids"] for r in read_jsonl(run_dir / "results.jsonl")}
+        assert fresh.status == "ok" and {s.index: s.token_ids for s in fresh.samples} == pooled
+
+
+@pytest.mark.slow
+def test_a_crash_retires_its_worker_and_the_job_is_retried_in_a_fresh_one(tiny_llama, gsm8k_test, tmp_path):
+    out = tmp_path / "crash"
+    proc = cli("gsm8k", *common(tiny_llama, gsm8k_test), "--max-bt", "32", "--inject", "on=abort",
+               "--out", str(out))
+    assert proc.returncode == 1, proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    on = summary["modes"]["on"]
+    assert on["verdict"] == "FAIL" and on["error_class"] == "sigabrt"
+    workers = summary["pool"]["processes"]
+    aborted = [w for w in workers if w["end"] == "crash"]
+    assert len(aborted) == 2 and aborted[0]["jobs"] == aborted[1]["jobs"]  # tried twice, each in a fresh worker
+    assert summary["modes"]["off"]["verdict"] == "PASS"  # the other jobs completed in their own worker
+    failed = json.loads((out / "runs" / next(p.name for p in (out / "runs").iterdir()
+                                               if (p / "failed.json").exists()) / "failed.json").read_text())
+    assert failed["meta"]["attempts"] == 2
