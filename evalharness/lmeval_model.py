@@ -35,6 +35,7 @@ from lm_eval.api.registry import register_model
 
 from .config import MODES, Capabilities, UsageError, plan_runs
 from .engine import Job, run_engine
+from .engine.process import default_limits
 
 log = logging.getLogger("evalharness.lmeval")
 
@@ -186,10 +187,11 @@ class CBLM(LM):
         blob = json.dumps({"prompts": prompts, "model": self.model, "engine": self.engine.key(),
                            "max_new_tokens": max_new_tokens, "special": special}, sort_keys=True)
         key = hashlib.sha256(blob.encode()).hexdigest()[:16]
-        timeout = self.timeout_s or (300.0 + len(prompts) * max_new_tokens * (0.002 if self.cuda else 0.05))
+        timeout = self.timeout_s  # an explicit total limit; the hang signal is a stall (engine/process.py)
         job = _CBJob(key=self.engine.key(), engine=self.engine,
                      model={k: v for k, v in self.model.items() if k != "label"}, prompts=prompts,
                      max_new_tokens=max_new_tokens, job_dir=self.workdir / key, timeout_s=timeout,
+                     stall_s=default_limits(self.cuda).stall_s,
                      label=f"cb {self.engine.describe()}", add_special_tokens=special)
         result = run_engine(job, progress=self.progress)
         if result.status not in ("ok", "failed_requests"):
