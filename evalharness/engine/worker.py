@@ -53,19 +53,27 @@ def _dtype(name: str):
 
 
 def load_model(model: dict, attn: str):
-    """Load weights from safetensors or GGUF only; never pickles; no remote code unless asked for."""
+    """Load weights from safetensors or GGUF only; never pickles; no remote code unless asked for. A GGUF model goes
+    through the verified dequantized cache (gguf_cache.py) unless EVALHARNESS_GGUF_CACHE=0."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from . import gguf_cache
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = _dtype(model.get("dtype", "auto"))
+    if model.get("gguf_file") and gguf_cache.enabled():
+        lm, tokenizer, info = gguf_cache.load(model, attn, dtype, model.get("dtype", "auto"))
+        lm = lm.to(device).eval()
+        lm._evalharness_gguf_cache = info
+        return lm, tokenizer
     kwargs = {"trust_remote_code": bool(model.get("trust_remote_code"))}
     if model.get("gguf_file"):
         kwargs["gguf_file"] = model["gguf_file"]
     else:
         kwargs["use_safetensors"] = True
     tokenizer = AutoTokenizer.from_pretrained(model["path"], **kwargs)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    lm = AutoModelForCausalLM.from_pretrained(model["path"], dtype=_dtype(model.get("dtype", "auto")),
-                                              attn_implementation=attn, **kwargs)
+    lm = AutoModelForCausalLM.from_pretrained(model["path"], dtype=dtype, attn_implementation=attn, **kwargs)
     lm = lm.to(device).eval()
     return lm, tokenizer
 
