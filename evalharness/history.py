@@ -59,6 +59,7 @@ def lines_from_summary(summary: dict, per_sample: dict[str, list[bool]] | None =
             versions.get("transformers"), "torch": versions.get("torch"), "engine": c.get("engine", "default"),
             "axes": c.get("axes", ""), "max_bt": c["max_bt"], "mode": c["mode"], "cell": c["id"],
             "verdict": c["verdict"], "accuracy": c["accuracy"], "n": c["n"], "correct": c["correct"],
+            "finished": c.get("finished", c["n"]),
             "twin_mismatches": c.get("twin_mismatches"), "tokens_per_s": c.get("tokens_per_s"),
             "samples_id": samples_id,
             "per_sample": "".join("1" if x else "0" for x in vector) if vector is not None else None,
@@ -172,6 +173,8 @@ def compare_cell(base: dict, cur: dict, alpha: float = 0.05, min_change: float =
     """Drift test of one cell against its baseline line; None when either side scored no samples."""
     if not base.get("n") or not cur.get("n"):
         return None
+    if any(line.get("finished", line["n"]) != line["n"] for line in (base, cur)):
+        return None  # missing samples are not wrong answers: no drift test on a partial run
     a, b = base.get("per_sample"), cur.get("per_sample")
     paired = (a is not None and b is not None and len(a) == len(b) and base.get("samples_id") == cur.get("samples_id"))
     lost = gained = None
@@ -260,6 +263,8 @@ def trend(lines: list[dict], model: str | None = None, device: str | None = None
     out: dict[tuple, dict[str, list]] = {}
     for line in lines:
         if (model and line["model"] != model) or (device and line["device"] != device) or not line.get("n"):
+            continue
+        if line.get("accuracy") is None:  # no sample finished
             continue
         series = out.setdefault(group_key(line), {})
         engine = "" if line.get("engine", "default") == "default" else f"{line['engine']} "

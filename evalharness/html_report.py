@@ -235,6 +235,8 @@ def render(summary: dict, outcomes: list[ModeOutcome], drifts: list | None = Non
     for c in summary["cells"]:
         ci = c.get("accuracy_ci")
         acc = f"{_pct(c['accuracy'])} ({_pct(ci[0])}–{_pct(ci[1])})" if ci else "n/a"
+        if c.get("finished") is not None and c["finished"] != c.get("n"):  # missing samples are not wrong answers
+            acc += f" of {esc(c['finished'])}/{esc(c.get('n'))} finished"
         delta = "—" if c.get("delta_vs_off") is None else f"{100 * c['delta_vs_off']:+.1f} (p={c['p_value']:.3g})"
         twin = "—" if c.get("twin_mismatches") is None else f"{c['twin_mismatches']}/{c['twin_compared']}"
         inject = f" [{esc(c['inject'])}]" if c.get("inject") else ""

@@ -318,7 +318,7 @@ def _cell(o: ModeOutcome, plan: Plan, results: dict[str, RunResult], probes: dic
         served += f"; run shared with {', '.join(shared)}"
     cell = {
         "id": o.cell_id, "engine": o.engine, "axes": o.axes,
-        "max_bt": o.max_bt, "mode": o.mode, "verdict": o.verdict, "reason": o.reason, "accuracy": o.accuracy,
+        "max_bt": o.max_bt, "mode": o.mode, "verdict": o.verdict, "reason": o.reason, "accuracy": o.accuracy, "finished": o.finished,
         "accuracy_ci": list(o.accuracy_ci) if o.accuracy_ci else None, "n": o.n, "correct": o.correct,
         "twin_mismatches": o.twin_mismatches, "twin_compared": o.twin_compared, "failed_requests": o.failed_requests,
         "twin_failed_requests": o.twin_failed_requests, "p_value": o.p_value, "delta_vs_off": o.delta_vs_off,

@@ -311,7 +311,10 @@ def _snippet(text: str, char: int, width: int = 60) -> str:
 def failure_message(o, report_dir: Path | None = None) -> str:
     lines = [f"{o.verdict}: mode {o.mode} at max_bt={o.max_bt} ({o.axes or 'default axes'}): {o.reason}"]
     ci = o.accuracy_ci
-    acc = f"accuracy {o.accuracy:.3f} ({o.correct}/{o.n}" + (f", 95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ")")
+    finished = o.n if o.finished is None else o.finished
+    acc = ("accuracy n/a (no sample finished)" if o.accuracy is None else
+           f"accuracy {o.accuracy:.3f} ({o.correct}/{finished}" + (f" finished of {o.n}" if finished != o.n else "")
+           + (f", 95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ")"))
     if o.delta_vs_off is not None:
         acc += f"; delta vs off {o.delta_vs_off:+.3f}, McNemar p={o.p_value:.3g}"
     lines.append("  " + acc)
@@ -334,7 +337,7 @@ def failure_message(o, report_dir: Path | None = None) -> str:
 
 
 def record_outcome(item, o, report_dir: Path | None) -> None:
-    props = {"verdict": str(o.verdict), "reason": o.reason, "cell": o.cell_id, "accuracy": f"{o.accuracy:.4f}",
+    props = {"verdict": str(o.verdict), "reason": o.reason, "cell": o.cell_id, "accuracy": None if o.accuracy is None else f"{o.accuracy:.4f}", "finished": o.finished,
              "n": o.n, "correct": o.correct, "twin_mismatches": o.twin_mismatches, "twin_compared": o.twin_compared,
              "p_value": None if o.p_value is None else f"{o.p_value:.4g}",
              "delta_vs_off": None if o.delta_vs_off is None else f"{o.delta_vs_off:+.4f}",

@@ -77,6 +77,8 @@ def markdown(summary: dict, outcomes: list[ModeOutcome], max_examples: int = 3) 
         cell = summary["cells_by_id"][o.cell_id]
         ci = o.accuracy_ci
         acc = f"{_pct(o.accuracy)} ({_pct(ci[0])}–{_pct(ci[1])})" if ci else "n/a"
+        if o.finished is not None and o.finished != o.n:  # missing samples are not counted as wrong
+            acc += f" of {o.finished}/{o.n} finished"
         delta = "—" if o.delta_vs_off is None else f"{100 * o.delta_vs_off:+.1f} (p={o.p_value:.3g})"
         twin = "—" if o.twin_mismatches is None else f"{o.twin_mismatches}/{o.twin_compared}"
         inject = f" [{md_escape(o.inject)}]" if o.inject else ""

@@ -78,7 +78,7 @@ class ModeOutcome:
     twin_key: str | None
     n: int
     correct: int
-    accuracy: float
+    accuracy: float | None  # over the finished samples; None when none finished
     accuracy_ci: tuple[float, float] | None
     delta_vs_off: float | None
     p_value: float | None
@@ -95,6 +95,16 @@ class ModeOutcome:
     cell_id: str = ""
     per_sample: list[bool] = field(default_factory=list)  # correctness per sample index (primary filter)
     ran: bool = True  # False: the engine could not express this mode, nothing was generated for it
+    finished: int | None = None  # samples that finished (status ok); accuracy counts only these
+
+    def accuracy_text(self) -> str:
+        """`acc=0.250`, or where samples are missing `acc=0.333 (of 3/20 finished)`, or `acc=n/a (0/20 finished)`:
+        a missing sample is never counted as a wrong answer."""
+        finished = self.n if self.finished is None else self.finished
+        value = "n/a" if self.accuracy is None else f"{self.accuracy:.3f}"
+        if finished == self.n:
+            return f"acc={value}"
+        return f"acc={value} ({'' if self.accuracy is None else 'of '}{finished}/{self.n} finished)"
 
 
 def _failure(result: RunResult, who: str) -> str | None:
@@ -108,10 +118,13 @@ def _failure(result: RunResult, who: str) -> str | None:
 def decide(plan: ModePlan, run: RunResult, twin: RunResult | None, correct: list[bool], off_run: RunResult | None,
            off_correct: list[bool] | None, thresholds: Thresholds = Thresholds()) -> ModeOutcome:
     n = len(run.samples)
-    k = sum(correct)
+    # accuracy of what finished: a sample lost to a crash or a timeout is not a wrong answer
+    finished = sum(smp.status == "ok" for smp in run.samples)
+    k = sum(1 for ok, smp in zip(correct, run.samples) if ok and smp.status == "ok")
     outcome = ModeOutcome(
         mode=plan.mode, max_bt=plan.max_bt, verdict=PASS, reason="", run_key=plan.run, twin_key=plan.twin, n=n,
-        correct=k, accuracy=k / n if n else 0.0, accuracy_ci=wilson_ci(k, n), delta_vs_off=None, p_value=None,
+        correct=k, accuracy=k / finished if finished else None, accuracy_ci=wilson_ci(k, finished),
+        finished=finished, delta_vs_off=None, p_value=None,
         twin_mismatches=None, twin_compared=None, failed_requests=run.failed,
         twin_failed_requests=twin.failed if twin is not None else None, inject=plan.fault,
         error_class=run.error_class, notes=list(plan.notes), engine=plan.engine,

@@ -124,6 +124,18 @@ def test_fail_when_the_run_died(status, error_class):
     # the samples that did finish were still compared with the twin
     assert o.twin_compared == 5 and o.twin_mismatches == 0
     assert exit_code([o]) == EXIT_FINDINGS
+    # missing samples are not wrong answers: the accuracy is that of the 5 that finished, labelled so
+    assert o.finished == 5 and o.accuracy == 1.0 and o.accuracy_ci[0] > 0.5
+    assert o.accuracy_text() == "acc=1.000 (of 5/20 finished)"
+
+
+def test_no_accuracy_when_no_sample_finished():
+    r = run("r", status="timeout", sample_status={i: "missing" for i in range(20)}, error="no result",
+            error_class="hang")
+    o = decide(plan(), r, run("t"), [False] * 20, run("off"), right(20))
+    assert o.verdict == FAIL and o.accuracy is None and o.accuracy_ci is None
+    assert o.accuracy_text() == "acc=n/a (0/20 finished)"
+    assert o.p_value == 1.0 and o.delta_vs_off is None  # nothing paired, nothing claimed
 
 
 def test_fail_for_failed_requests_beats_stale_graph():
@@ -176,7 +188,7 @@ def test_skipped_never_hides_a_failure():
 def test_empty_run():
     o = decide(plan(), run("r", n=0), run("t", n=0), [], run("off", n=0), [])
     assert o.verdict == PASS
-    assert o.n == 0 and o.accuracy == 0.0 and o.accuracy_ci is None
+    assert o.n == 0 and o.accuracy is None and o.accuracy_ci is None
     assert o.delta_vs_off is None and o.p_value == 1.0
 
 
