@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 from pathlib import Path
 
-from . import fanout, settings
+from . import __version__, fanout, settings
 from .config import UsageError
 from .pipeline import evaluate
 from .store import resume_settings
@@ -21,6 +22,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="evalharness", description=__doc__)
+    p.add_argument("--version", action="version", version=f"evalharness {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     g = sub.add_parser("gsm8k", help="GSM8K through continuous batching per graph mode, with padded-eager twins")
     settings.add_arguments(g)  # every option is a field of settings.Settings
@@ -64,14 +66,36 @@ def cmd_gsm8k(args, argv) -> int:
         s = settings.from_args(args, command="evalharness " + shlex.join(argv))
     if args.command == "plan":
         return fanout.write_plan(s, args)
-    ev = evaluate(s)
+    if getattr(args, "resume", None) is None:
+        from .defaults import machine_defaults
+        from .pipeline import default_out, detect_cuda
+
+        s, line = machine_defaults(s, argv, detect_cuda())
+        if s.out is None:  # decided here, so that an interrupted run can say where it is
+            s = dataclasses.replace(s, out=default_out())
+    if s.history:
+        from .history import ensure_appendable
+
+        ensure_appendable(s.history)  # before the run: an unwritable history would lose it at the end
+    else:
+        line = None
+    try:  # the defaults line once the settings proved valid (a usage error stays one line)
+        ev = evaluate(s, on_start=(lambda: print(line, flush=True)) if line else None)
+    except KeyboardInterrupt:
+        print(f"evalharness: interrupted; finished runs are kept in {s.out} (evalharness gsm8k --resume {s.out} "
+              "finishes the run)", file=sys.stderr)
+        return 130
     grouped = len({(o.engine, o.axes) for o in ev.outcomes}) > 1
     for o in ev.outcomes:
         group = f"[{o.engine} {o.axes}] " if grouped else ""
         print(f"{group}max_bt={o.max_bt:<5} {o.mode:<7} {o.verdict:<13} {o.accuracy_text()} "
               f"twin_mismatches={o.twin_mismatches if o.twin_mismatches is not None else '-'} "
               f"failed={o.failed_requests}  {o.reason}")
+    for cell in ev.summary["cells"]:
+        if cell.get("worker_log"):
+            print(f"{cell['id']}: worker log {cell['worker_log']}")
     print(f"report: {ev.out / 'report.md'}")
+    print(f"report: {ev.out / 'report.html'}")
     if s.history:
         from .history import record
 
@@ -105,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evalharness: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("evalharness: interrupted; finished runs are kept in the output folder (evalharness gsm8k --resume "
-              "OUT finishes the run)", file=sys.stderr)
+        print("evalharness: interrupted", file=sys.stderr)
         return 130
 
 

@@ -171,6 +171,7 @@ def cmd_merge(args, argv) -> int:
               f"twin_mismatches={o.twin_mismatches if o.twin_mismatches is not None else '-'} "
               f"failed={o.failed_requests}  {o.reason}")
     print(f"report: {ev.out / 'report.md'}")
+    print(f"report: {ev.out / 'report.html'}")
     return ev.exit_code
 
 

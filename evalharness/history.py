@@ -100,6 +100,25 @@ def resolve_path(path: Path) -> Path:
     return path / HISTORY_NAME if path.is_dir() or (not path.suffix and not path.exists()) else path
 
 
+def ensure_appendable(path: Path) -> Path:
+    """Check before a run that its history file can be appended to (an error after an hour of engine runs would lose
+    the record); UsageError otherwise."""
+    from .config import UsageError
+
+    target = resolve_path(path)
+    if target.is_dir():
+        raise UsageError(f"--history {path}: {target} is a folder")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "a", encoding="utf-8"):
+            pass
+    except (FileExistsError, NotADirectoryError):
+        raise UsageError(f"--history {path}: cannot append to {target} (a folder above it is a file)")
+    except OSError as e:
+        raise UsageError(f"--history {path}: cannot append to {target} ({e.strerror or e})")
+    return target
+
+
 def load(path: Path) -> list[dict]:
     path = resolve_path(path)
     if not path.exists():

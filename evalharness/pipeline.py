@@ -149,9 +149,32 @@ class Prepared:
     jobs: list[Job]
 
 
-def evaluate(s: Settings) -> Evaluation:
+def default_out() -> Path:
+    return Path("reports") / f"{time.strftime('%Y%m%d-%H%M%S')}-gsm8k"
+
+
+def ensure_writable_folder(folder: Path, flag: str) -> None:
+    """Create `folder` (and its parents) and prove a file can be written there, before any engine runs: an existing
+    file, a path inside a file or a read-only place is one usage error, not a traceback after the run."""
+    import tempfile
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{flag} {folder}: exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UsageError(f"{flag} {folder}: cannot write there ({e.strerror or e})")
+
+
+def evaluate(s: Settings, on_start=None) -> Evaluation:
+    """prepare_jobs + run_jobs + finish; `on_start()` is called once the settings proved valid, before any job."""
     p = prepare_jobs(s)
     save_settings(p)  # first, so that `--resume OUT` can finish a run killed at any later point
+    if on_start is not None:
+        on_start()
     pool: dict = {}
     results = run_jobs(p.jobs, workers=s.jobs, devices=s.devices, progress=s.progress, cuda=p.cuda, report=pool)
     return finish(p, results, pool=pool)
@@ -174,8 +197,10 @@ def prepare_jobs(s: Settings, cuda: bool | None = None, model: dict | None = Non
                      axes=axes_matrix(attns, s.asyncs, s.compiles, s.fast_paths), audit=s.audit)
     unsupported = unsupported_modes(plan, probes)
     needed = {k for mp in plan.modes if mp.cell_id not in unsupported for k in (mp.run, mp.twin) if k}
-    out = s.out or Path("reports") / f"{time.strftime('%Y%m%d-%H%M%S')}-gsm8k"
-    out.mkdir(parents=True, exist_ok=True)
+    out = s.out or default_out()
+    ensure_writable_folder(out, "--out")
+    if s.cache is not None:
+        ensure_writable_folder(s.cache, "--cache")
     fingerprint = workload_fingerprint(task, model, s)
     # the hang signal is a stall (no finished request, no engine step); --timeout-s adds a limit on the total
     timeout = s.timeout_s
@@ -212,7 +237,8 @@ def finish(p: Prepared, results: dict[str, RunResult], pool: dict | None = None)
         outcomes.append(decide(mp, results[mp.run], results[mp.twin] if mp.twin else None, correct[mp.run],
                                results[off.run] if off else None, correct[off.run] if off else None,
                                Thresholds(s.alpha, s.min_drop)))
-    summary = build_summary(s, task, p.source.label, model, plan, results, outcomes, probes)
+    folders = {job.key: job.job_dir for job in p.jobs}  # run key -> its folder (named by the job hash)
+    summary = build_summary(s, task, p.source.label, model, plan, results, outcomes, probes, folders)
     summary["pool"] = pool or None  # workers, threads, model loads (None when every run came from the cache)
     ev = Evaluation(s, task, model, plan, results, correct, scored, outcomes, summary, p.out)
     write_reports(ev)
@@ -232,7 +258,13 @@ def lost_outside_engine(result: RunResult) -> bool:
 
 def cached_result(job: Job) -> RunResult | None:
     cached = job.job_dir / "result.json"
-    return RunResult.from_json(json.loads(cached.read_text())) if cached.exists() else None
+    if not cached.exists():
+        return None
+    try:
+        return RunResult.from_json(json.loads(cached.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):  # a damaged cache entry is no result: run the job again
+        cached.unlink(missing_ok=True)
+        return None
 
 
 def store_result(job: Job, result: RunResult) -> None:
@@ -306,13 +338,17 @@ def _run_figures(r: RunResult) -> dict:
             "wall_s": gen_s, "peak_mem_gb": r.meta.get("peak_mem_gb"), "generated_tokens": tokens}
 
 
-def _cell(o: ModeOutcome, plan: Plan, results: dict[str, RunResult], probes: dict | None = None) -> dict:
+def _cell(o: ModeOutcome, plan: Plan, results: dict[str, RunResult], probes: dict | None = None,
+          folders: dict[str, Path] | None = None) -> dict:
     run = results[o.run_key] if o.ran else RunResult(key=o.run_key, status="unsupported", samples=[])
+    folders = folders or {}
+    name = lambda key: folders[key].name if key in folders else key  # noqa: E731 - the run's folder on disk
     # the version the run reported; a run killed before it wrote its meta falls back to its engine's probe
     version = run.meta.get("versions", {}).get("transformers") or (probes or {}).get(o.engine, {}).get("transformers")
-    served = f"served by run {o.run_key}" if o.ran else "not run: this engine cannot express the mode"
+    served = f"served by run {name(o.run_key)}" if o.ran else "not run: this engine cannot express the mode"
     if o.twin_key and o.ran:
-        served += f", twin run {o.twin_key}" if o.twin_key != o.run_key else " (its own twin: same configuration)"
+        served += f", twin run {name(o.twin_key)}" if o.twin_key != o.run_key else \
+            " (its own twin: same configuration)"
     shared = [m for m in plan.served_by(o.run_key) if m != o.mode]
     if shared and o.ran:
         served += f"; run shared with {', '.join(shared)}"
@@ -323,6 +359,7 @@ def _cell(o: ModeOutcome, plan: Plan, results: dict[str, RunResult], probes: dic
         "twin_mismatches": o.twin_mismatches, "twin_compared": o.twin_compared, "failed_requests": o.failed_requests,
         "twin_failed_requests": o.twin_failed_requests, "p_value": o.p_value, "delta_vs_off": o.delta_vs_off,
         "inject": o.inject, "error_class": o.error_class, "run": o.run_key, "twin": o.twin_key, "served_by": served,
+        "run_id": name(o.run_key) if o.ran else None, "twin_id": name(o.twin_key) if o.twin_key and o.ran else None,
         "notes": o.notes, "transformers": version,
         "resolved_engine": run.meta.get("resolved", {}),
         "first_mismatches": [{"index": m.index, "token": m.position} for m in
@@ -331,6 +368,10 @@ def _cell(o: ModeOutcome, plan: Plan, results: dict[str, RunResult], probes: dic
         "attribution": run.meta.get("audit"),
     }
     cell.update({k: v for k, v in _run_figures(run).items() if k != "generated_tokens"})
+    # where a failed run's log is: the run's (or else the twin's) folder on disk
+    failed = next((k for k in (o.run_key, o.twin_key) if k and k in results and results[k].status not in
+                   CACHED_STATUSES), None)
+    cell["worker_log"] = str(folders[failed] / "worker.log") if failed in folders else None
     return cell
 
 
@@ -373,8 +414,9 @@ def ab_rows(outcomes: list[ModeOutcome], results: dict[str, RunResult]) -> list[
 
 
 def build_summary(s: Settings, task: GSM8KTask, data_label: str, model: dict, plan: Plan,
-                  results: dict[str, RunResult], outcomes: list[ModeOutcome], probes: dict | None = None) -> dict:
-    cells = [_cell(o, plan, results, probes) for o in outcomes]
+                  results: dict[str, RunResult], outcomes: list[ModeOutcome], probes: dict | None = None,
+                  folders: dict[str, Path] | None = None) -> dict:
+    cells = [_cell(o, plan, results, probes, folders) for o in outcomes]
     modes: dict[str, dict] = {}
     for c in cells:  # one max_bt: that cell; a sweep: the worst cell of the mode
         if c["mode"] not in modes or Verdict(c["verdict"]).severity > Verdict(modes[c["mode"]]["verdict"]).severity:
@@ -385,7 +427,8 @@ def build_summary(s: Settings, task: GSM8KTask, data_label: str, model: dict, pl
         if key not in results:  # only needed by cells an engine cannot express
             continue
         r = results[key]
-        runs[key] = {"config": cfg.describe(), "engine": dataclasses.asdict(cfg), "served": plan.served_by(key),
+        runs[key] = {"id": folders[key].name if key in (folders or {}) else key,
+                     "folder": str(folders[key]) if key in (folders or {}) else None, "config": cfg.describe(), "engine": dataclasses.asdict(cfg), "served": plan.served_by(key),
                      "status": r.status, "error_class": r.error_class, "error": r.error,
                      "resolved": r.meta.get("resolved", {}), "notes": r.meta.get("notes", []), **_run_figures(r),
                      # the worker's side: its whole time on this job, the model load it paid (0: reused), which one

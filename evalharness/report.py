@@ -95,10 +95,12 @@ def markdown(summary: dict, outcomes: list[ModeOutcome], max_examples: int = 3) 
             lines.append(f"  - {md_escape(describe(attribution))}")
     fails = [o for o in outcomes if o.verdict == FAIL]
     if fails:
-        lines += ["", "## FAIL details", "", "| cell | max_bt | mode | error class | first line |",
-                  "|---|---:|---|---|---|"]
+        lines += ["", "## FAIL details", "", "| cell | max_bt | mode | error class | first line | worker log |",
+                  "|---|---:|---|---|---|---|"]
         for o in fails:
-            lines.append(f"| {md_escape(o.cell_id)} | {o.max_bt} | {o.mode} | {md_escape(o.error_class or '')} | {md_escape(o.reason)[:300]} |")
+            log = summary["cells_by_id"][o.cell_id].get("worker_log")
+            lines.append(f"| {md_escape(o.cell_id)} | {o.max_bt} | {o.mode} | {md_escape(o.error_class or '')} | "
+                         f"{md_escape(o.reason)[:300]} | {md_code(log) if log else '—'} |")
     for o in outcomes:
         if o.verdict not in FINDINGS or not o.comparison or not o.comparison.mismatches:
             continue
@@ -129,10 +131,10 @@ def markdown(summary: dict, outcomes: list[ModeOutcome], max_examples: int = 3) 
             lines.append(f"| {r['max_bt']} | {md_escape(r['axes'])} | {r['mode']} | {md_escape(r['a'])} | "
                          f"{md_escape(r['b'])} | {_pct(r['accuracy_a'])} | {_pct(r['accuracy_b'])} | {delta} | {sps} | "
                          f"{tps} | {mem} | {r['verdict_a']} / {r['verdict_b']} |")
-    lines += ["", "## Runs", "", "| run | configuration | served | status | generated tokens | wall s |",
+    lines += ["", "## Runs", "", "| run (folder in runs/) | configuration | served | status | generated tokens | wall s |",
               "|---|---|---|---|---:|---:|"]
     for key, r in summary["runs"].items():
-        lines.append(f"| `{key}` | {md_escape(r['config'])} | {md_escape(', '.join(r['served']))} | {r['status']} | "
+        lines.append(f"| {md_code(r.get('id', key))} | {md_escape(r['config'])} | {md_escape(', '.join(r['served']))} | {r['status']} | "
                      f"{r['generated_tokens']} | {_num(r['wall_s'])} |")
     lines += ["", legend(), ""]
     return "\n".join(lines)

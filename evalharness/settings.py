@@ -60,6 +60,15 @@ def number(name: str, kind: type = float) -> Callable[[Any], Any]:
     return _optional(parse)
 
 
+def positive_number(name: str) -> Callable[[Any], float | None]:
+    def parse(text):
+        value = number(name)(text)
+        if not value > 0 or value == float("inf"):
+            raise UsageError(f"{name}: must be a positive number of seconds, got {text!r}")
+        return value
+    return _optional(parse)
+
+
 def fraction(name: str) -> Callable[[Any], float]:
     def parse(text):
         value = number(name)(text)
@@ -216,7 +225,7 @@ class Settings:
     filter: str | None = option("--filter", help="lm-eval filter that decides `correct` (default strict-match; "
                                 "flexible-extract for chat)")
     # how the jobs run
-    timeout_s: float | None = option("--timeout-s", parse=number("--timeout-s"),
+    timeout_s: float | None = option("--timeout-s", parse=positive_number("--timeout-s"),
                                      help="a limit on each run's total time (default none: a run is hung when it "
                                      "finishes no request and takes no engine step for 5 min on a GPU, 10 on a CPU)")
     trust_remote_code: bool = option("--trust-remote-code", False, action="store_true",

@@ -49,10 +49,19 @@ def load_settings(folder: Path) -> Settings:
     if not path.is_file():
         raise UsageError(f"--resume {folder}: no {SETTINGS_FILE} there (not a folder written by evalharness gsm8k "
                          "or plan)")
-    doc = json.loads(path.read_text())
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--resume {folder}: {SETTINGS_FILE} is not readable JSON ({e}); start a new run with --out")
     if doc.get("format") != FORMAT:
         raise UsageError(f"--resume {folder}: {SETTINGS_FILE} has format {doc.get('format')!r}, expected {FORMAT}")
-    return settings_from_json(doc["settings"])
+    try:
+        return settings_from_json(doc["settings"])
+    except (KeyError, TypeError, AttributeError) as e:
+        raise UsageError(f"--resume {folder}: {SETTINGS_FILE} is damaged ({type(e).__name__}: {e}); start a new run "
+                         "with --out")
 
 
 def resume_settings(args) -> Settings:

@@ -57,6 +57,10 @@ def bad_inputs(tmp_path, good_data):
         "binary data file": (["--data", str(binary), "--fewshot", "0"], "not UTF-8 text"),
         "data is a folder": (["--data", str(good_data.parent)], "is a folder"),
         "unreachable hub model": (["--model", "nobody-evalharness/no-such-model", *data], "Hugging Face hub"),
+        "negative timeout": (["--timeout-s=-5", *data], "--timeout-s: must be a positive number"),
+        "zero timeout": (["--timeout-s", "0", *data], "--timeout-s: must be a positive number"),
+        "zero limit": (["--limit", "0", *data], "--limit: must be a positive integer"),
+        "history inside a file": (["--history", str(good_data / "history.jsonl"), *data], "--history"),
         "missing data file": (["--data", str(tmp_path / "nope" / "test.jsonl")], "no such file"),
         "missing train file": (["--data", str(good_data), "--fewshot", "2"], "--fewshot-data"),
         "row without answer": (["--data", str(malformed), "--fewshot", "0"], "line 2: field 'answer'"),
@@ -73,7 +77,8 @@ def bad_inputs(tmp_path, good_data):
     }
 
 
-CASES = ["binary data file", "data is a folder", "unreachable hub model", "missing data file", "missing train file", "row without answer", "row not JSON", "unknown mode",
+CASES = ["binary data file", "data is a folder", "unreachable hub model", "negative timeout", "zero timeout",
+         "zero limit", "history inside a file", "missing data file", "missing train file", "row without answer", "row not JSON", "unknown mode",
          "zero max-bt", "negative max-bt", "bad injection", "model folder missing", "model without safetensors",
          "gguf file missing", "unknown option", "chat with shots"]
 
@@ -96,3 +101,32 @@ def test_in_process_main_returns_2(tmp_path, good_data, capsys):
     rc = main([])
     captured = capsys.readouterr()
     assert rc == 2 and captured.err.startswith("evalharness: error:") and len(captured.err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("where", ["existing file", "inside a file"])
+def test_unusable_out_folder_is_one_line_and_exit_2(where, tmp_path, good_data):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder")
+    out = blocker if where == "existing file" else blocker / "report"
+    rc, stdout, stderr = run_cli(["--data", str(good_data), "--fewshot", "0", "--graphs", "off"], out)
+    assert rc == 2 and stdout == "" and len(stderr.splitlines()) == 1, stderr
+    assert stderr.startswith(f"evalharness: error: --out {out}: "), stderr
+    assert blocker.read_text() == "not a folder"
+
+
+def test_corrupt_settings_on_resume_is_one_line(tmp_path, capsys):
+    (tmp_path / "settings.json").write_text('{"format": 1, "settings": {"limit"')
+    assert main(["gsm8k", "--resume", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "settings.json is not readable JSON" in err
+    (tmp_path / "settings.json").write_text('{"format": 1, "settings": [1, 2]}')
+    assert main(["gsm8k", "--resume", str(tmp_path)]) == 2
+    assert "settings.json is damaged" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    from evalharness import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"evalharness {__version__}"
