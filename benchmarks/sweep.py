@@ -4,10 +4,8 @@
 Runs the same sweep through the real CLI twice, each into a fresh folder (no shared cache), and reports wall time,
 job count, and what each job spent on starting its worker (interpreter, imports, model load) vs generating.
 
-Workers are NOT reused across jobs: every job is a fresh worker process that loads the model itself (one model
-load per job, plus one per crash retry). That keeps a crash from taking other jobs with it, and costs the start-up
-time printed below once per job; reusing workers could save at most that. --jobs N overlaps start-ups and
-generation, it does not remove them.
+Workers are reused across the jobs of one patch set (one model load per worker, plus one per crash retry; see the
+README's "Workers"): the load figure below is what the jobs paid, zero for every job after a worker's first.
 
     python benchmarks/sweep.py --tiny                           # tiny seeded Llama built on the fly
     python benchmarks/sweep.py --model DIR --max-bt 128:512:128 --graphs off,on --limit 8

@@ -176,7 +176,13 @@ def evaluate(s: Settings, on_start=None) -> Evaluation:
     if on_start is not None:
         on_start()
     pool: dict = {}
-    results = run_jobs(p.jobs, workers=s.jobs, devices=s.devices, progress=s.progress, cuda=p.cuda, report=pool)
+    watch = None
+    if s.fail_fast:
+        from .failfast import FailFast
+
+        watch = FailFast(p.plan, p.jobs).check
+    results = run_jobs(p.jobs, workers=s.jobs, devices=s.devices, progress=s.progress, cuda=p.cuda, report=pool,
+                       watch=watch)
     return finish(p, results, pool=pool)
 
 
@@ -286,19 +292,26 @@ def run_job_cached(job: Job, progress: bool = True, retries: int = 1) -> RunResu
 
 
 def budget_for(jobs: list[Job], workers: int | str | None, devices: list[str] | None, cuda: bool):
-    """--jobs N, or auto (the default on CUDA): the worker count and each worker's CPU threads (schedule.py)."""
+    """--jobs N, or auto (the default on CUDA): the worker count and each worker's CPU threads (schedule.py), net of
+    what other invocations on this machine hold. Returns (budget, GPU bytes per worker or None)."""
     from . import schedule, sizing
 
     cores = sizing.cpu_cores()
+    other_workers, other_gpu = sizing.others()
+    need = None
+    if cuda:
+        first = jobs[0]
+        need = sizing.per_worker_bytes(first.model, first.prompts, first.max_new_tokens,
+                                       max(j.engine.max_bt for j in jobs))
     if workers == "auto" or (not workers and cuda):
-        need = None
-        if cuda:
-            first = jobs[0]
-            need = sizing.per_worker_bytes(first.model, first.prompts, first.max_new_tokens,
-                                           max(j.engine.max_bt for j in jobs))
-        return schedule.auto_budget(len(jobs), cores, cuda, len(devices or [None]),
-                                    sizing.gpu_free_bytes(devices) if cuda else None, need)
-    return schedule.fixed_budget(worker_count(workers or 0, devices), cores)
+        free = None
+        mem = sizing.gpu_memory(devices) if cuda else None
+        if mem:  # what nvidia-smi sees free, less what other invocations claimed and have not allocated yet
+            share = other_gpu // len(mem)
+            free = [max(0, min(f, t - share)) for f, t in mem]
+        return schedule.auto_budget(len(jobs), cores, cuda, len(devices or [None]), free, need, other_workers), need
+    n = worker_count(workers or 0, devices)
+    return schedule.fixed_budget(n, cores, other_workers), need
 
 
 def worker_count(jobs: int | None, devices: list[str] | None) -> int:
@@ -307,10 +320,11 @@ def worker_count(jobs: int | None, devices: list[str] | None) -> int:
 
 
 def run_jobs(jobs: list[Job], workers: int | str | None = 1, devices: list[str] | None = None, progress: bool = True,
-             cuda: bool = False, report: dict | None = None) -> dict[str, RunResult]:
+             cuda: bool = False, report: dict | None = None, watch=None) -> dict[str, RunResult]:
     """Run the jobs not already cached on a pool of reused workers (engine/pool.py); with `devices`, every worker
     gets one GPU (CUDA_VISIBLE_DEVICES), round robin, so several workers may share a large GPU. Prints the chosen
-    worker count and thread budget in one line; `report` receives the pool's account (workers, model loads)."""
+    worker count and thread budget in one line; `report` receives the pool's account (workers, model loads);
+    `watch` (--fail-fast, failfast.FailFast.check) names the runs to stop as results come in."""
     import sys
 
     from .engine.pool import run_pool
@@ -318,12 +332,14 @@ def run_jobs(jobs: list[Job], workers: int | str | None = 1, devices: list[str] 
     results = {job.key: r for job in jobs if (r := cached_result(job)) is not None}
     todo = [job for job in jobs if job.key not in results]
     if todo:
-        budget = budget_for(todo, workers, devices, cuda)
-        print(budget.line(), file=sys.stderr, flush=True)
         from .locking import locked
+        from .sizing import Claim
 
-        got, pool = run_pool(todo, budget, devices, progress, on_result=store_result, guard=locked,
-                             cached=cached_result)
+        budget, need = budget_for(todo, workers, devices, cuda)
+        print(budget.line(), file=sys.stderr, flush=True)
+        with Claim(budget.workers, budget.workers * (need or 0)):
+            got, pool = run_pool(todo, budget, devices, progress, on_result=store_result, guard=locked,
+                                 cached=cached_result, watch=watch)
         results.update(got)
         if report is not None:
             report.update(pool.to_json())

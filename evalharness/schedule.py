@@ -105,12 +105,15 @@ def threads_for(workers: int, cores: int) -> int:
 
 
 def auto_budget(n_jobs: int, cores: int, cuda: bool, devices: int = 1, free_bytes: Sequence[int] | None = None,
-                need_bytes: int | None = None) -> Budget:
-    """`--jobs auto`: as many workers as the jobs, the GPUs' free memory and the cores allow."""
+                need_bytes: int | None = None, other_workers: int = 0) -> Budget:
+    """`--jobs auto`: as many workers as the jobs, the GPUs' free memory and the cores allow; `other_workers` (of other
+    invocations on this machine) take their share of the cores first."""
     n_jobs = max(1, n_jobs)
     per = THREADS_PER_GPU_WORKER if cuda else THREADS_PER_CPU_WORKER
-    by_cpu = max(1, cores // per)
-    parts = [f"{n_jobs} job(s)", f"{cores} cores / {per} threads = {by_cpu}"]
+    by_cpu = max(1, cores // per - other_workers)
+    parts = [f"{n_jobs} job(s)", f"{cores} cores / {per} threads = {cores // per}"]
+    if other_workers:
+        parts[-1] += f", {other_workers} held by other invocations"
     workers = min(n_jobs, by_cpu)
     if cuda:
         if free_bytes and need_bytes:
@@ -120,12 +123,14 @@ def auto_budget(n_jobs: int, cores: int, cuda: bool, devices: int = 1, free_byte
         cap = MAX_WORKERS_PER_GPU * max(1, devices)
         parts.append(f"at most {cap}")
         workers = min(workers, cap)
-    return Budget(workers, threads_for(workers, cores), "; ".join(parts))
+    return Budget(workers, threads_for(workers + other_workers, cores), "; ".join(parts))
 
 
-def fixed_budget(workers: int, cores: int) -> Budget:
-    """`--jobs N`: N workers, the cores split between them."""
-    return Budget(workers, threads_for(workers, cores), f"--jobs {workers}, {cores} cores")
+def fixed_budget(workers: int, cores: int, other_workers: int = 0) -> Budget:
+    """`--jobs N`: N workers, the cores split between them and other invocations' workers."""
+    why = f"--jobs {workers}, {cores} cores" + (f", {other_workers} workers of other invocations" if other_workers
+                                                 else "")
+    return Budget(workers, threads_for(workers + other_workers, cores), why)
 
 
 def estimate_left(elapsed_s: float, done: int, total: int) -> float | None:

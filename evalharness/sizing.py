@@ -103,27 +103,87 @@ def per_worker_bytes(model: dict, prompts: list[str], max_new_tokens: int, max_b
     return worker_bytes(g.n_params, dtype_bytes, kv, max_bt, g.vocab)
 
 
-def gpu_free_bytes(devices: list[str] | None) -> list[int] | None:
-    """Free memory per GPU (the --devices entries, or every visible GPU), from nvidia-smi; None if unknown."""
+def gpu_memory(devices: list[str] | None) -> list[tuple[int, int]] | None:
+    """(free, total) bytes per GPU (the --devices entries, or every visible GPU), from nvidia-smi; None if unknown."""
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return None
-    cmd = [exe, "--query-gpu=index,memory.free", "--format=csv,noheader,nounits"]
+    cmd = [exe, "--query-gpu=index,memory.free,memory.total", "--format=csv,noheader,nounits"]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None
-    free = {}
+    mem = {}
     for line in out.splitlines():
         parts = [p.strip() for p in line.split(",")]
-        if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
-            free[parts[0]] = int(parts[1]) * 2**20
-    if not free:
+        if len(parts) == 3 and all(p.isdigit() for p in parts):
+            mem[parts[0]] = (int(parts[1]) * 2**20, int(parts[2]) * 2**20)
+    if not mem:
         return None
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    wanted = devices or ([d.strip() for d in visible.split(",") if d.strip()] if visible else list(free))
-    values = [free[d] for d in wanted if d in free]
+    wanted = devices or ([d.strip() for d in visible.split(",") if d.strip()] if visible else list(mem))
+    values = [mem[d] for d in wanted if d in mem]
     return values or None
+
+
+# --- invocations sharing a machine ---------------------------------------------------------------------------------
+# Each running pool leaves a claim (its pid, workers, GPU bytes) in a folder of the machine's temp dir; --jobs auto in
+# another invocation counts the live claims, so that two verdicts started together split the cores and the GPU
+# memory instead of each taking all of it.
+
+def claims_dir() -> Path:
+    import tempfile
+
+    return Path(os.environ.get("EVALHARNESS_CLAIMS", Path(tempfile.gettempdir()) / "evalharness-claims"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def others() -> tuple[int, int]:
+    """(workers, GPU bytes) claimed by other live invocations on this machine; stale claims are removed."""
+    workers = gpu = 0
+    folder = claims_dir()
+    for f in folder.glob("*.json") if folder.is_dir() else []:
+        try:
+            c = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if c.get("pid") == os.getpid():
+            continue
+        if not _alive(int(c.get("pid", 0))):
+            f.unlink(missing_ok=True)
+            continue
+        workers += int(c.get("workers", 0))
+        gpu += int(c.get("gpu_bytes", 0))
+    return workers, gpu
+
+
+class Claim:
+    """This invocation's claim while its pool runs (a context manager)."""
+
+    def __init__(self, workers: int, gpu_bytes: int = 0):
+        self.path = claims_dir() / f"{os.getpid()}.json"
+        self.body = {"pid": os.getpid(), "workers": workers, "gpu_bytes": gpu_bytes}
+
+    def __enter__(self):
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(self.body))
+        except OSError:
+            pass
+        return self
+
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)
+        return False
 
 
 def cpu_cores() -> int:

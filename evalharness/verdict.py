@@ -108,7 +108,8 @@ class ModeOutcome:
 
 
 def _failure(result: RunResult, who: str) -> str | None:
-    if result.status in ("ok", "unsupported"):
+    # "stopped": --fail-fast ended the run after its cell's first twin mismatch; its missing samples are no failure
+    if result.status in ("ok", "unsupported", "stopped"):
         return None
     detail = result.error or result.status
     return f"{who}: {result.error_class or result.status}: {detail} ({result.failed}/{len(result.samples)} " \

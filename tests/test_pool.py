@@ -229,3 +229,72 @@ def test_a_crash_retires_its_worker_and_the_job_is_retried_in_a_fresh_one(tiny_l
     failed = json.loads((out / "runs" / next(p.name for p in (out / "runs").iterdir()
                                                if (p / "failed.json").exists()) / "failed.json").read_text())
     assert failed["meta"]["attempts"] == 2
+
+
+# --- --fail-fast -------------------------------------------------------------------------------------------------
+
+def write_results(folder: Path, rows: dict[int, list[int]]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps({"index": i, "status": "ok", "token_ids": t, "text": ""}) for i, t in rows.items()]
+    (folder / "results.jsonl").write_text("\n".join(lines) + "\n" + '{"index": 9, "sta')  # a line being written
+
+
+def test_fail_fast_stops_a_cell_at_its_first_mismatch_and_a_shared_twin_only_when_all_its_cells_differ(tmp_path):
+    from evalharness.failfast import FailFast
+
+    plan = plan_runs(["off", "on", "varlen"], [384], Capabilities(cuda=True, attn="sdpa"))
+    jobs = [job(cfg, tmp=tmp_path) for cfg in plan.runs.values()]
+    cells = {mp.mode: mp for mp in plan.modes}
+    twin = cells["on"].twin
+    assert twin == cells["varlen"].twin  # on and varlen share their twin
+    dirs = {j.key: j.job_dir for j in jobs}
+    ff = FailFast(plan, jobs, min_interval_s=0)
+    write_results(dirs[twin], {0: [1, 2], 1: [3, 4], 2: [5, 6]})
+    write_results(dirs[cells["on"].run], {0: [1, 2], 1: [3, 4]})
+    write_results(dirs[cells["varlen"].run], {2: [5, 6]})
+    write_results(dirs[cells["off"].run], {0: [9], 1: [9], 2: [9]})
+    assert ff.check(cells["on"].run) == set()  # the samples both finished agree
+    write_results(dirs[cells["on"].run], {0: [1, 2], 1: [3, 4], 2: [5, 7]})
+    assert ff.check(cells["on"].run) == {cells["on"].run}  # only on's run: the twin still serves varlen
+    assert ff.found == {cells["on"].cell_id: 2}
+    write_results(dirs[cells["varlen"].run], {0: [1, 0], 2: [5, 6]})
+    assert ff.check(twin) == {cells["on"].run, cells["varlen"].run, twin}
+    assert cells["off"].run not in ff.check(cells["off"].run, True)  # the reference always completes
+
+
+@pytest.mark.slow
+def test_fail_fast_verdict_is_stale_graph_and_a_stopped_run_is_not_cached(tiny_llama, gsm8k_test, tmp_path):
+    out = tmp_path / "ff"
+    proc = cli("gsm8k", "--model", str(tiny_llama), "--data", str(gsm8k_test), "--limit", "24", "--fewshot", "0",
+               "--max-new-tokens", "16", "--dtype", "fp32", "--no-progress", "--max-bt", "32", "--graphs", "off,on",
+               "--inject", "on=perturb", "--fail-fast", "--out", str(out))
+    assert proc.returncode == 1, proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["modes"]["on"]["verdict"] == "STALE_GRAPH" and summary["modes"]["off"]["verdict"] == "PASS"
+    for key, run in summary["runs"].items():
+        folder = next(d for d in (out / "runs").iterdir() if json.loads((d / "job.json").read_text())["engine"]
+                      == run["engine"])
+        assert (folder / "result.json").exists() == (run["status"] != "stopped")
+    assert summary["runs"][summary["modes"]["off"]["run"]]["status"] == "ok"
+
+
+def test_invocations_sharing_a_machine_split_it(tmp_path, monkeypatch):
+    from evalharness import sizing
+
+    monkeypatch.setenv("EVALHARNESS_CLAIMS", str(tmp_path))
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "other.json").write_text(json.dumps({"pid": other.pid, "workers": 5, "gpu_bytes": 50 * GIB}))
+        (tmp_path / "dead.json").write_text(json.dumps({"pid": 2**22 + 12345, "workers": 9, "gpu_bytes": 1}))
+        with sizing.Claim(3, 9 * GIB):  # this invocation's own claim is not counted against itself
+            assert sizing.others() == (5, 50 * GIB)
+        assert not (tmp_path / "dead.json").exists()
+    finally:
+        other.kill()
+        other.wait()
+    assert sizing.others() == (0, 0)  # the other invocation ended
+    alone = schedule.auto_budget(5, 16, True, free_bytes=[139 * GIB], need_bytes=13 * GIB)
+    shared = schedule.auto_budget(5, 16, True, free_bytes=[89 * GIB], need_bytes=13 * GIB, other_workers=5)
+    assert (alone.workers, alone.threads) == (5, 3)
+    assert (shared.workers, shared.threads) == (3, 2) and "5 held by other invocations" in shared.line()
+    assert shared.threads * (shared.workers + 5) <= 16

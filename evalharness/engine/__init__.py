@@ -145,6 +145,8 @@ def collect(job: Job, returncode: int | None, timed_out: bool | str | None, wall
     status, error_class, error = "ok", None, None
     if meta.get("status") == "unsupported":
         status, error = "unsupported", meta.get("reason")
+    elif timed_out == "cancelled":
+        status, error = "stopped", "stopped by --fail-fast: its cell's run and twin already differ"
     elif timed_out:
         if timed_out == "stall":
             why = f"no progress (no finished request, no engine step) for {job.limits().stall_s:.0f} s"

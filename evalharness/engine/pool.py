@@ -17,13 +17,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..results import RunResult
+from ..results import RunResult, Sample
 from ..schedule import Budget, critical_path_order, next_job, single_use, status_line, worker_key
 from . import Job, collect, prepare_dir
 from .process import Worker
 
 STATUS_EVERY_S = 30.0
 RETRIED = ("crash", "timeout")
+STOPPED = "stopped by --fail-fast: its cell's run and twin already differ"
 
 
 @dataclass
@@ -46,7 +47,8 @@ class Pool:
     def __init__(self, jobs: list[Job], budget: Budget, devices: list[str] | None = None, progress: bool = True,
                  on_result: Callable[[Job, RunResult], None] | None = None, retries: int = 1,
                  status_every_s: float = STATUS_EVERY_S, stream=None, guard=None,
-                 cached: Callable[[Job], RunResult | None] | None = None):
+                 cached: Callable[[Job], RunResult | None] | None = None,
+                 watch: Callable[[str, bool], set[str]] | None = None):
         self.pending = critical_path_order(jobs)
         self.budget, self.devices, self.progress, self.retries = budget, devices, progress, retries
         self.on_result = on_result or (lambda job, result: None)
@@ -64,6 +66,8 @@ class Pool:
         # read again once held: that invocation may have finished it meanwhile
         self.guard = guard or (lambda folder: contextlib.nullcontext())
         self.cached = cached or (lambda job: None)
+        # --fail-fast: watch(job key, finished) -> run keys to stop (failfast.FailFast.check)
+        self.watch = watch
 
     # --- the run ---------------------------------------------------------------------------------------------
     def run(self) -> dict[str, RunResult]:
@@ -87,10 +91,20 @@ class Pool:
         return self.results
 
     def cancel(self, keys: set[str]) -> None:
-        """--fail-fast: drop these jobs if pending; stop them if running (their partial results are kept)."""
+        """--fail-fast: drop these jobs if pending (a `stopped` result without samples); stop them if running
+        (their partial results are kept)."""
         with self.lock:
             self.cancelled |= keys
+            for job in [j for j in self.pending if j.key in keys]:
+                self.results[job.key] = RunResult(key=job.key, status="stopped", samples=[
+                    Sample(index=i, status="missing") for i in range(len(job.prompts))], error=STOPPED)
+                self.samples_done[job.key] = len(job.prompts)
             self.pending = [j for j in self.pending if j.key not in keys]
+
+    def _stop(self, keys: set[str]) -> None:
+        new = keys - self.cancelled - set(self.results)
+        if new:
+            self.cancel(new)
 
     def _slot(self, i: int) -> None:
         device = self.devices[i % len(self.devices)] if self.devices else None
@@ -111,6 +125,8 @@ class Pool:
                 with self.lock:
                     self.results[job.key] = result
                     self.samples_done[job.key] = len(job.prompts)
+                if self.watch is not None:
+                    self._stop(self.watch(job.key, True))
         finally:
             if worker is not None:
                 self._retire(worker, "idle")
@@ -136,6 +152,8 @@ class Pool:
                 bar.refresh()
                 with self.lock:
                     self.samples_done[job.key] = done
+                if self.watch is not None:
+                    self._stop(self.watch(job.key, False))
 
             with self.lock:
                 self.running[job.key] = worker
@@ -198,6 +216,7 @@ class Pool:
 
 def run_pool(jobs: list[Job], budget: Budget, devices: list[str] | None = None, progress: bool = True,
              on_result: Callable[[Job, RunResult], None] | None = None, guard=None,
-             cached: Callable[[Job], RunResult | None] | None = None) -> tuple[dict[str, RunResult], PoolReport]:
-    pool = Pool(jobs, budget, devices, progress, on_result, guard=guard, cached=cached)
+             cached: Callable[[Job], RunResult | None] | None = None,
+             watch: Callable[[str, bool], set[str]] | None = None) -> tuple[dict[str, RunResult], PoolReport]:
+    pool = Pool(jobs, budget, devices, progress, on_result, guard=guard, cached=cached, watch=watch)
     return pool.run(), pool.report

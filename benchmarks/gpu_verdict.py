@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""One full 4-mode verdict at GPU speed, timed: writes verdict-speed.json.
+
+1. The verdict: `evalharness gsm8k --graphs off,on,varlen,decode` into a fresh folder (no cached run), with the
+   pool's defaults (--jobs auto on CUDA) unless --jobs is given. Wall time of the whole invocation.
+2. Its slowest run again alone, in a fresh folder: `evalharness plan` with the same settings, then `evalharness
+   run-job` of that run (its own worker: interpreter start, model load, generation). Target: 1. <= 1.3 x 2.
+3. With --concurrent: two invocations of the same verdict started together, each into its own folder; each one's
+   wall against 1. Target: each <= 1.5 x 1.
+
+verdict-speed.json: wall_s, slowest_solo_s, ratio, jobs, workers, threads_per_worker, model_loads, timeouts, runs
+(each {"run", "wall_s", "load_s", "generate_s", "worker", "attempts", "status"}), budget (the pool's one line),
+gguf_cache (what the workers reported), command, device; with --concurrent also concurrent ({"walls", "ratios"}).
+
+    python benchmarks/gpu_verdict.py --model /tmp/models --gguf-file gemma-3-270m-q4_k_m.gguf \\
+        --data /tmp/data/test.jsonl --attn torch-flash --out reports/h200-speed/gemma3-270m [--concurrent]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+MODES = "off,on,varlen,decode"
+
+
+def evalharness(python: str) -> list[str]:
+    return [python, "-m", "evalharness"]
+
+
+def run(cmd: list[str], log: Path) -> tuple[int, float]:
+    """Run a command, its output to `log`; (exit status, wall seconds)."""
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+    return proc.returncode, time.perf_counter() - t0
+
+
+def settings_args(a) -> list[str]:
+    out = ["--model", a.model, "--graphs", MODES, "--max-bt", str(a.max_bt), "--max-new-tokens",
+           str(a.max_new_tokens), "--attn", a.attn, "--dtype", a.dtype, "--prompt", a.prompt]
+    for flag, value in (("--gguf-file", a.gguf_file), ("--data", a.data), ("--limit", a.limit),
+                        ("--fewshot", a.fewshot)):
+        if value is not None:
+            out += [flag, str(value)]
+    return out
+
+
+def verdict(a, out: Path) -> tuple[list[str], int, float]:
+    cmd = evalharness(a.python) + ["gsm8k", *settings_args(a), "--out", str(out), "--no-progress"]
+    if a.jobs:
+        cmd += ["--jobs", a.jobs]
+    out.mkdir(parents=True, exist_ok=True)
+    rc, wall = run(cmd, out.parent / f"{out.name}.log")
+    if rc not in (0, 1):
+        tail = (out.parent / f"{out.name}.log").read_text()[-3000:]
+        raise SystemExit(f"verdict exited {rc}:\n{tail}")
+    return cmd, rc, wall
+
+
+def runs_of(summary: dict) -> list[dict]:
+    rows = []
+    for key, r in summary["runs"].items():
+        rows.append({"run": f"{key} [{', '.join(r['served'])}] {r['config']}", "key": key,
+                     "wall_s": r.get("job_wall_s"), "load_s": r.get("load_s"), "generate_s": r.get("generate_s"),
+                     "worker": r.get("worker_pid"), "attempts": r.get("attempts"), "status": r["status"]})
+    return rows
+
+
+def solo(a, key: str, folder: Path) -> float:
+    """The run `key` of the same settings, alone: plan into `folder`, then run-job it."""
+    plan = evalharness(a.python) + ["plan", *settings_args(a), "--out", str(folder)]
+    rc, _ = run(plan, folder.parent / f"{folder.name}-plan.log")
+    if rc != 0:
+        raise SystemExit(f"plan exited {rc}: see {folder.parent / (folder.name + '-plan.log')}")
+    doc = json.loads((folder / "jobs.json").read_text())
+    entry = next(e for e in doc["jobs"] if e["run"] == key)
+    rc, wall = run(evalharness(a.python) + ["run-job", str(folder), entry["id"], "--no-progress"],
+                   folder.parent / f"{folder.name}-run.log")
+    if rc != 0:
+        raise SystemExit(f"run-job exited {rc}: see {folder.parent / (folder.name + '-run.log')}")
+    return wall
+
+
+def device() -> str:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30).stdout.strip()
+        return out.splitlines()[0] if out else "cpu"
+    except (OSError, subprocess.TimeoutExpired):
+        return "cpu"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True)
+    p.add_argument("--gguf-file")
+    p.add_argument("--data", help="GSM8K test JSONL (train.jsonl next to it gives the shots)")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--fewshot", type=int)
+    p.add_argument("--prompt", default="fewshot")
+    p.add_argument("--max-bt", default="384")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--attn", default="sdpa")
+    p.add_argument("--dtype", default="bf16")
+    p.add_argument("--jobs", help="--jobs for the verdicts (default: the harness's own, auto on CUDA)")
+    p.add_argument("--python", default=sys.executable, help="interpreter that runs evalharness")
+    p.add_argument("--out", type=Path, default=Path("verdict-speed"), help="folder for the runs and the JSON")
+    p.add_argument("--concurrent", action="store_true", help="also two invocations at once, each against solo")
+    a = p.parse_args(argv)
+
+    a.out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    cmd, rc, wall = verdict(a, a.out / f"verdict-{stamp}")
+    summary = json.loads((a.out / f"verdict-{stamp}" / "summary.json").read_text())
+    rows = runs_of(summary)
+    slowest = max(rows, key=lambda r: r["wall_s"] or 0.0)
+    solo_s = solo(a, slowest["key"], a.out / f"solo-{stamp}")
+    pool = summary.get("pool") or {}
+    log = (a.out / f"verdict-{stamp}.log").read_text()
+    budget = next((line for line in log.splitlines() if " worker(s) x " in line), None)
+    result = {
+        "wall_s": wall, "slowest_solo_s": solo_s, "ratio": wall / solo_s if solo_s else None,
+        "target": "wall_s <= 1.3 x slowest_solo_s, timeouts 0, model_loads <= workers",
+        "slowest_run": slowest["run"], "jobs": len(rows), "workers": pool.get("workers"),
+        "threads_per_worker": pool.get("threads_per_worker"), "model_loads": pool.get("model_loads"),
+        "timeouts": sum(r["status"] == "timeout" for r in rows), "runs": rows, "budget": budget,
+        "verdicts": {m: c["verdict"] for m, c in summary["modes"].items()}, "exit_code": rc,
+        "gguf_cache": sorted({json.dumps(json.loads((d / "result.json").read_text())["meta"].get("worker", {})
+                                         .get("gguf_cache")) for d in (a.out / f"verdict-{stamp}" / "runs").iterdir()
+                              if (d / "result.json").exists()}),
+        "status_lines": sum(1 for line in log.splitlines() if line.startswith("evalharness: status:")),
+        "command": shlex.join(cmd), "benchmark": shlex.join([sys.executable, *sys.argv]), "device": device(),
+    }
+    if a.concurrent:
+        walls: dict[str, float] = {}
+
+        def one(name: str) -> None:
+            walls[name] = verdict(a, a.out / f"concurrent-{name}-{stamp}")[2]
+
+        threads = [threading.Thread(target=one, args=(n,)) for n in ("a", "b")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        result["concurrent"] = {"walls": walls, "ratios": {k: v / wall for k, v in walls.items()},
+                                "target": "each <= 1.5 x wall_s (one invocation alone)"}
+    path = a.out / "verdict-speed.json"
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k not in ("runs", "command", "benchmark")}, indent=1))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.exit(main())
