@@ -25,8 +25,9 @@ REFERENCE_MODE = "off"
 
 # Attention implementations that transformers treats as FlashAttention (no attention mask, async batching default)
 FLASH_LIKE_ATTN = ("flash_attention_2", "flash_attention_3", "torch-flash")
-# Only these have a decode fast path (flash_attn_with_kvcache) in transformers' CB engine.
-DECODE_FAST_PATH_ATTN = ("flash_attention_2", "flash_attention_3")
+# These have a decode fast path (flash_attn_with_kvcache, block tables) in transformers' CB engine on CUDA; torch-flash
+# through its own paged decode kernel (engine/paged_decode.py), which transformers' FA2 decode path calls.
+DECODE_FAST_PATH_ATTN = ("flash_attention_2", "flash_attention_3", "torch-flash")
 
 
 class UsageError(ValueError):

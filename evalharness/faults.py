@@ -91,6 +91,20 @@ def inject_coarse_key() -> None:
     cls._get_graph_key = graph_key
 
 
+def inject_decode_coarse() -> None:
+    """Decode graph key reduced to a constant: every decode-only batch, whatever its padded size, replays the first
+    decode graph captured (rows past its size are not computed, rows before it read stale inputs)."""
+    cls = _io_class()
+    original_key = cls._get_graph_key
+
+    def graph_key(self):
+        if getattr(self, "use_block_table", False):
+            return ("decode",)
+        return original_key(self)
+
+    cls._get_graph_key = graph_key
+
+
 def inject_perturb(model: Any, every: int = 7) -> Any:
     """Every `every`-th forward step, make every sampled position pick argmax+1: a corrupted engine on any device."""
     import torch
@@ -132,6 +146,7 @@ FAULTS: dict[str, Fault] = {
     for f in (
         Fault("pre45323", patches_twin=True, engine_patch=inject_pre45323),
         Fault("coarse-key", patches_twin=False, engine_patch=inject_coarse_key),
+        Fault("decode-coarse", patches_twin=False, engine_patch=inject_decode_coarse),
         Fault("perturb", patches_twin=False, model_hook=lambda model, _engine: inject_perturb(model)),
         Fault("flaky", patches_twin=False, model_hook=perturb_first_attempt),
         Fault("abort", patches_twin=False, after_first_result=abort),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from evalharness.config import (FAULTS, MODES, Capabilities, EngineConfig, UsageError, parse_injections,
+from evalharness.config import (FAULTS, MODES, Axes, Capabilities, EngineConfig, UsageError, parse_injections,
                                 parse_max_bt, parse_modes, plan_runs)
 
 ALL = ["off", "on", "varlen", "decode"]
@@ -77,8 +77,10 @@ def test_engine_config_key_is_stable_and_content_addressed():
 def test_capabilities_decode_fast_path():
     assert not Capabilities(cuda=False, attn="flash_attention_2").decode_fast_path
     assert Capabilities(cuda=True, attn="flash_attention_2").decode_fast_path
-    assert not Capabilities(cuda=True, attn="torch-flash").decode_fast_path
+    assert Capabilities(cuda=True, attn="torch-flash").decode_fast_path  # its own paged decode kernel
+    assert not Capabilities(cuda=False, attn="torch-flash").decode_fast_path
     assert not Capabilities(cuda=True, attn="sdpa").decode_fast_path
+    assert not Capabilities(cuda=True, attn="torch-flash").fast_path(Axes("torch-flash", decode_fast_path=False))
 
 
 # --- the plan -----------------------------------------------------------------------------------------------------
@@ -107,20 +109,44 @@ def test_cpu_plan_shares_twins_and_runs_no_graphs():
 def test_cuda_plan_with_torch_flash():
     plan = plan_runs(ALL, [384], Capabilities(cuda=True, attn="torch-flash"))
     m = by_mode(plan)
-    # decode has no fast path on torch-flash: it collapses to its own twin, with the reason
-    assert m["decode"].run == m["decode"].twin
-    assert m["decode"].graphs_effective == (False, False)
-    assert "no decode fast path" in m["decode"].notes[0]
+    # decode: a real decode graph run, and its padded-eager twin (decode batches padded, max_seqlen_k not)
+    assert m["decode"].graphs_effective == (False, True) and not m["decode"].notes
+    assert plan.runs[m["decode"].run].cuda_graph == (False, True)
+    decode_twin = plan.runs[m["decode"].twin]
+    assert m["decode"].run != m["decode"].twin
+    assert decode_twin.force_padding and decode_twin.pad_seqlen_k is False and decode_twin.cuda_graph == (False, False)
     # on and varlen: real graph runs, different configurations, one shared twin
     on, varlen = plan.runs[m["on"].run], plan.runs[m["varlen"].run]
     assert on.cuda_graph == (True, True) and varlen.cuda_graph == (True, False)
     assert m["on"].run != m["varlen"].run
-    assert m["on"].twin == m["varlen"].twin
+    assert m["on"].twin == m["varlen"].twin != m["decode"].twin
     twin = plan.runs[m["on"].twin]
     assert twin.force_padding and twin.pad_seqlen_k and twin.cuda_graph == (False, False)
     assert on.use_async is True and twin.use_async is True  # flash-like attention: async batching like the run
-    assert m["on"].graphs_effective == (True, False) and m["varlen"].graphs_effective == (True, False)
-    assert len(plan.runs) == 5  # off, on, varlen, on/varlen twin, decode
+    assert decode_twin.use_async is True
+    assert m["on"].graphs_effective == (True, True) and m["varlen"].graphs_effective == (True, False)
+    assert len(plan.runs) == 6  # off, on, varlen, on/varlen twin, decode, decode twin
+
+
+def test_cuda_plan_with_torch_flash_and_the_decode_fast_path_off():
+    plan = plan_runs(ALL, [384], Capabilities(cuda=True, attn="torch-flash"),
+                     axes=[Axes("torch-flash", decode_fast_path=False)])
+    m = by_mode(plan)
+    # no decode fast path: decode collapses to its own twin, with the reason
+    assert m["decode"].run == m["decode"].twin
+    assert m["decode"].graphs_effective == (False, False)
+    assert "no decode fast path" in m["decode"].notes[0]
+    assert m["on"].graphs_effective == (True, False)
+
+
+def test_decode_coarse_fault_leaves_the_twins_clean():
+    plan = plan_runs(ALL, [384], Capabilities(cuda=True, attn="torch-flash"),
+                     {"on": "decode-coarse", "decode": "decode-coarse"})
+    m = by_mode(plan)
+    assert not FAULTS["decode-coarse"].patches_twin
+    assert plan.runs[m["decode"].run].fault == "decode-coarse" and plan.runs[m["decode"].twin].fault is None
+    assert plan.runs[m["on"].run].fault == "decode-coarse" and plan.runs[m["on"].twin].fault is None
+    assert plan.runs[m["varlen"].run].fault is None
 
 
 def test_cuda_plan_with_flash_attention_2_captures_decode():

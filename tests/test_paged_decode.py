@@ -76,6 +76,20 @@ def test_kernel_matches_reference_and_writes_the_new_token(kwargs):
     assert torch.equal(k_cache, ref_k) and torch.equal(v_cache, ref_v)
 
 
+def test_garbage_past_the_end_of_a_sequence_is_never_read():
+    q, k_cache, v_cache, k, v, lens, table = _case([3, 17, -1])
+    ref, _, _ = _reference(q, k_cache, v_cache, k, v, lens, table, 0.3)
+    # every slot no sequence reads (past each end, unused blocks, the trash block) holds NaN, as torch.empty may
+    readable = torch.zeros(k_cache.shape[:2], dtype=torch.bool)
+    for i, n in enumerate(lens.tolist()):
+        for p in range(n + 1):
+            readable[int(table[i, p // BLOCK]), p % BLOCK] = True
+    k_cache[~readable], v_cache[~readable] = float("nan"), float("nan")
+    got = flash_attn_with_kvcache(q, k_cache, v_cache, k=k, v=v, cache_seqlens=lens, block_table=table,
+                                  softmax_scale=0.3, causal=True)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
+
+
 def test_padding_rows_leave_the_cache_unchanged():
     q, k_cache, v_cache, k, v, lens, table = _case([-1, -1, -1])
     before_k, before_v = k_cache.clone(), v_cache.clone()

@@ -54,7 +54,7 @@ def engine(monkeypatch):
         from transformers import ContinuousBatchingConfig, GenerationConfig
 
         model.set_attn_implementation(attn)
-        cb = ContinuousBatchingConfig(max_batch_tokens=64, use_cuda_graph=False, block_size=16)
+        cb = ContinuousBatchingConfig(max_batch_tokens=64, use_cuda_graph=False, block_size=16, num_blocks=64)
         out = model.generate_batch(inputs=prompts, continuous_batching_config=cb, progress_bar=False,
                                    generation_config=GenerationConfig(max_new_tokens=12, do_sample=False,
                                                                       eos_token_id=-1))
@@ -79,6 +79,8 @@ def test_decode_fast_path_runs_our_kernel_and_matches_paged_sdpa(engine, monkeyp
     # padded like a graph run (the twin): decode batches padded to a power of two, padding rows with length -1
     monkeypatch.setattr(continuous_api.ContinuousBatchProcessor, "__init__",
                         continuous_api.ContinuousBatchProcessor.__init__)
+    for attr in ("installed", "enabled", "pad_seqlen_k"):  # the padding patch is process-wide: restored after
+        monkeypatch.setattr(patches._Padding, attr, getattr(patches._Padding, attr))
     patches.force_padding(None)
     calls.clear()
     padded = run(name)

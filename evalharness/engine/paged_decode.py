@@ -77,7 +77,9 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, cache_seqlens=N
         probs = probs[..., :-1]
     has_keys = mask.any(dim=-1)[:, None, None, None]
     probs = torch.where(has_keys, probs, torch.zeros((), device=device, dtype=probs.dtype))
-    out = torch.einsum("bgrl,blgd->bgrd", probs, values.float())
+    # slots past a sequence's end hold whatever the cache held (torch.empty: possibly NaN), and 0 * NaN is NaN
+    values = values.float().masked_fill(~mask[:, :, None, None], 0.0)
+    out = torch.einsum("bgrl,blgd->bgrd", probs, values)
     out = out.reshape(batch, 1, heads, dim).to(q.dtype)
     if return_softmax_lse:
         return out, lse.reshape(batch, heads, 1)

@@ -124,3 +124,24 @@ def io_class():
     _require(cls, "_get_graph_key", "ContinuousBatchingIOs")
     _require(cls, "get_model_kwargs", "ContinuousBatchingIOs")
     return cls
+
+
+def count_graph_captures() -> dict[str, int] | None:
+    """Count the CUDA graphs the engine captures, per path (decode: block-table batches), through
+    ContinuousBatchingIOs.set_graph; the dict fills in as the run goes. None where this layout has no set_graph."""
+    try:
+        cls = io_class()
+    except PatchError:
+        return None
+    original = getattr(cls, "set_graph", None)
+    if original is None:
+        return None
+    counts = {"varlen": 0, "decode": 0}
+
+    @functools.wraps(original)
+    def set_graph(self, graph, *args, **kwargs):
+        counts["decode" if getattr(self, "use_block_table", False) else "varlen"] += 1
+        return original(self, graph, *args, **kwargs)
+
+    cls.set_graph = set_graph
+    return counts

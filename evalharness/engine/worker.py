@@ -173,6 +173,7 @@ class WorkerState:
     jobs: int = 0
     heartbeat: bool = False
     auditor: object = None
+    graph_counts: dict | None = None  # CUDA graphs captured per path by the current job (patches.count_graph_captures)
 
 
 def run(job_dir: Path, state: WorkerState | None = None) -> int:
@@ -227,11 +228,15 @@ def _run(job_dir: Path, job: dict, meta: dict, state: WorkerState) -> int:
             state.auditor = auditor
         if not state.heartbeat:
             state.heartbeat = patches.install_heartbeat(beat)
+        # evidence that graphs were captured on each path (resolved.graphs_captured in meta.json and summary.json)
+        state.graph_counts = patches.count_graph_captures()
         state.patch_key = key
     elif state.patch_key != key:
         raise RuntimeError(f"this worker was set up for patches {state.patch_key}, not {key}: a pool bug")
     auditor = state.auditor
     padding_notes = patches.set_padding(bool(engine.get("force_padding")), engine.get("pad_seqlen_k"))
+    if state.graph_counts is not None:
+        state.graph_counts.update(varlen=0, decode=0)  # this job's captures only
 
     _, unsupported = _cb_config(engine, version)
     if unsupported:  # before loading anything
@@ -329,6 +334,8 @@ def _run(job_dir: Path, job: dict, meta: dict, state: WorkerState) -> int:
     meta["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
     meta["resolved"] = _resolved(seen["manager"])
     meta["notes"] += padding_notes
+    if state.graph_counts is not None and any(engine["cuda_graph"]):
+        meta["resolved"]["graphs_captured"] = dict(state.graph_counts)
     if auditor is not None:
         meta["audit"] = auditor.to_json()
     meta["prompt_tokens_max"] = max((len(x) for x in inputs), default=0)
