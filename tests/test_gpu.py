@@ -49,3 +49,107 @@ def test_torch_flash_matches_paged_sdpa_for_one_forward():
     scale = ref.abs().max().item()
     assert (got - ref).abs().max().item() <= 0.02 * scale + 1e-2, "torch-flash differs from paged|sdpa beyond bf16"
     assert torch.equal(got.argmax(-1), ref.argmax(-1)) or (got.argmax(-1) != ref.argmax(-1)).float().mean() < 0.02
+
+
+def test_paged_decode_kernel_on_cuda_matches_the_reference_and_replays_in_a_graph():
+    from test_paged_decode import _case, _reference
+
+    from evalharness.engine.paged_decode import flash_attn_with_kvcache
+
+    q, k_cache, v_cache, k, v, lens, table = _case([0, 5, 17, 11, -1, -1, -1, -1], dtype=torch.bfloat16)
+    ref, _, _ = _reference(q, k_cache, v_cache, k, v, lens, table, 0.3)
+    dev = [t.cuda() for t in (q, k_cache, v_cache, k, v, lens, table)]
+    got = flash_attn_with_kvcache(*dev[:3], k=dev[3], v=dev[4], cache_seqlens=dev[5], block_table=dev[6],
+                                  softmax_scale=0.3, causal=True)
+    torch.testing.assert_close(got.double().cpu(), ref, rtol=2e-2, atol=2e-2)
+
+    # capture with one batch, replay with another (new lengths, tables, tokens) written into the same tensors
+    q2, kc2, vc2, k2, v2, lens2, table2 = _case([9, -1, 3, 18, 1, 7, -1, 12], seed=5, dtype=torch.bfloat16)
+    static = [t.cuda() for t in (q, k_cache, v_cache, k, v, lens, table)]
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm-up outside the graph, as transformers does
+        flash_attn_with_kvcache(*static[:3], k=static[3], v=static[4], cache_seqlens=static[5],
+                                block_table=static[6], softmax_scale=0.3, causal=True)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = flash_attn_with_kvcache(*static[:3], k=static[3], v=static[4], cache_seqlens=static[5],
+                                      block_table=static[6], softmax_scale=0.3, causal=True)
+    for dst, src in zip(static, (q2, kc2, vc2, k2, v2, lens2, table2)):
+        dst.copy_(src.cuda())
+    graph.replay()
+    torch.cuda.synchronize()
+    ref2, ref_k2, _ = _reference(q2, kc2, vc2, k2, v2, lens2, table2, 0.3)
+    torch.testing.assert_close(out.double().cpu(), ref2, rtol=2e-2, atol=2e-2)
+    assert torch.equal(static[1].cpu(), ref_k2), "the replay wrote the new tokens where the reference does"
+
+
+def _generate(model, attn: str, prompts, graphs, hook=None, **cb):
+    from transformers import ContinuousBatchingConfig, GenerationConfig
+
+    model.set_attn_implementation(attn)
+    handle = model.register_forward_hook(hook) if hook else None
+    try:
+        out = model.generate_batch(
+            inputs=prompts, progress_bar=False,
+            generation_config=GenerationConfig(max_new_tokens=24, do_sample=False, eos_token_id=-1),
+            continuous_batching_config=ContinuousBatchingConfig(max_batch_tokens=1024, use_cuda_graph=graphs,
+                                                                num_blocks=64, use_async_batching=False, **cb))
+    finally:
+        if handle:
+            handle.remove()
+    return {k: list(r.generated_tokens) for k, r in out.items()}
+
+
+def test_torch_flash_captures_decode_graphs_that_replay_their_padded_eager_twin(monkeypatch):
+    """use_cuda_graph=(False, True): decode graphs captured and replayed; tokens equal the padded-eager twin's."""
+    from transformers.generation.continuous_batching import continuous_api
+
+    from evalharness.engine import patches, torch_flash
+
+    name = torch_flash.register()
+    model = _tiny_llama()
+    g = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(0, 512, (n,), generator=g).tolist() for n in (37, 5, 120, 64, 300, 9, 17)]
+    io = patches.io_class()
+    monkeypatch.setattr(io, "set_graph", io.set_graph)  # restored after the test
+    counts = patches.count_graph_captures()
+    graphs = _generate(model, name, prompts, (False, True))
+    assert counts["decode"] > 0 and counts["varlen"] == 0, counts
+
+    monkeypatch.setattr(continuous_api.ContinuousBatchProcessor, "__init__",
+                        continuous_api.ContinuousBatchProcessor.__init__)
+    patches.force_padding(False)
+    twin = _generate(model, name, prompts, (False, False))
+    assert graphs == twin
+
+
+def test_torch_flash_decode_steps_match_paged_sdpa_and_the_varlen_kernel():
+    """The same decode steps (all prompts prefilled in one batch, then decode-only batches) under torch-flash's
+    decode fast path, under paged|sdpa, and under torch-flash without the decode fast path (PyTorch's varlen
+    FlashAttention kernel for the decode steps too; its prefill is then bit-identical): logits agree to bf16
+    precision on every step whose inputs (the tokens so far) are the same."""
+    from evalharness.engine import torch_flash
+
+    name = torch_flash.register()
+    model = _tiny_llama()
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(0, 512, (n,), generator=g).tolist() for n in (37, 5, 120, 64)]
+
+    def record(steps):
+        return lambda m, a, out: steps.append(out.logits.float().clone())
+
+    ours = []
+    got = _generate(model, name, prompts, False, hook=record(ours))
+    for other, cb, at_least in (("paged|sdpa", {}, 1), (name, {"max_blocks_per_request": 0}, 3)):
+        ref = []
+        want = _generate(model, other, prompts, False, hook=record(ref), **cb)
+        agree = 0  # forward `step` (0 is the prefill) reads tokens[:step]: comparable while those agree
+        while agree < 23 and all(got[k][:agree + 1] == want[k][:agree + 1] for k in got):
+            agree += 1
+        assert agree >= at_least, f"{other} {cb}: the runs diverged after {agree} tokens"
+        for step in range(1, agree + 1):
+            a, b = ours[step], ref[step]
+            assert a.shape == b.shape
+            assert (a - b).abs().max().item() <= 0.02 * b.abs().max().item() + 1e-2, f"{other} {cb}: step {step}"
