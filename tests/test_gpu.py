@@ -120,6 +120,8 @@ def test_torch_flash_captures_decode_graphs_that_replay_their_padded_eager_twin(
 
     monkeypatch.setattr(continuous_api.ContinuousBatchProcessor, "__init__",
                         continuous_api.ContinuousBatchProcessor.__init__)
+    for attr in ("installed", "enabled", "pad_seqlen_k"):  # the padding patch is process-wide: restored after
+        monkeypatch.setattr(patches._Padding, attr, getattr(patches._Padding, attr))
     patches.force_padding(False)
     twin = _generate(model, name, prompts, (False, False))
     assert graphs == twin
