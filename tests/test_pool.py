@@ -31,8 +31,8 @@ def test_critical_path_puts_twins_then_eager_off_before_graph_runs():
     plan = plan_runs(["off", "on", "varlen", "decode"], [384], Capabilities(cuda=True, attn="torch-flash"))
     ordered = schedule.critical_path_order([job(cfg) for cfg in plan.runs.values()])
     kinds = ["twin" if j.engine.force_padding else "graphs" if any(j.engine.cuda_graph) else "off" for j in ordered]
-    # torch-flash has no decode fast path: decode is its own twin, so three padded-eager runs lead
-    assert kinds == ["twin", "twin", "off", "graphs", "graphs"]
+    # two padded-eager twins (on/varlen's, decode's) lead, then the eager reference, then the three graph runs
+    assert kinds == ["twin", "twin", "off", "graphs", "graphs", "graphs"]
     audited = EngineConfig(max_bt=384, attn="sdpa", cuda_graph=(True, True), audit="first")
     assert schedule.job_cost(audited) > schedule.job_cost(EngineConfig(max_bt=384, attn="sdpa",
                                                                        cuda_graph=(True, True)))
