@@ -57,7 +57,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, cache_seqlens=N
 
     pos = torch.arange(max_blocks * block_size, device=device)
     mask = pos[None, :] < n_keys[:, None]  # causal: the one query sits at the last position
-    mask &= (table >= 0).repeat_interleave(block_size, dim=1)
+    mask &= (table >= 0)[:, :, None].expand(batch, max_blocks, block_size).reshape(batch, -1)
     left = window_size[0] if window_size is not None else -1
     if left is not None and left >= 0:
         mask &= pos[None, :] >= (n_keys[:, None] - 1 - left)
