@@ -111,3 +111,73 @@ def describe(attribution: dict | None) -> str:
     return (f"first stale replay at step {first['step']}: {first['path']} graph key {tuple(first['key'])}, {consts}; "
             f"{len(first['mismatched_positions'])} of {len(first['requests'])} sampled tokens differ "
             f"(requests {', '.join(first['requests'][:5])}{'…' if len(first['requests']) > 5 else ''})")
+
+
+# --- the stale-constant check ----------------------------------------------------------------------------------
+# Cheap, on by default in every graph run: no eager re-run, only the host-side launch constants. At a capture the
+# worker records the constants the forward received for that graph key; at every replay it records the constants the
+# eager (padded) forward of the batch being replayed would receive (the same host-side code computed them for this
+# batch: the graph ignores them) and compares. Constants are named as the forward's keyword arguments: an int is its
+# value (`max_seqlen_q`), a per-layer-type dict one entry per type (`max_seqlen_k[sliding_attention]`), a tensor its
+# shape (`cu_seq_lens_q.shape`: padded sequence count; `block_table.shape`: block-table width), a list of tensors
+# one shape per item (`read_index[0].shape`).
+
+SHOWN_FINDINGS = 10  # stale constants kept in full per run (all are counted)
+
+
+@dataclass
+class ConstantCheck:
+    on_finding: Callable[[dict], None] | None = None  # called with to_json() at the first finding
+    captured: dict = field(default_factory=dict)  # (io id, path, key) -> constants
+    captures: int = 0
+    replays_checked: int = 0
+    stale_replays: int = 0
+    total: int = 0  # stale (replay, constant) pairs
+    names: dict = field(default_factory=dict)  # constant name -> count
+    first: list = field(default_factory=list)
+
+    def on_capture(self, io: int, path: str, key: tuple, constants: dict) -> None:
+        self.captures += 1
+        self.captured[(io, path, tuple(key))] = constants
+
+    def on_replay(self, io: int, step: int, path: str, key: tuple, constants: dict) -> list[dict]:
+        """Compare a replay's needed constants with its capture's; returns the stale ones (also recorded)."""
+        self.replays_checked += 1
+        captured = self.captured.get((io, path, tuple(key)))
+        if captured is None:  # captured before the check was installed, or by another IO: nothing to compare
+            return []
+        stale = [{"key": list(key), "path": path, "step": step, "name": name, "captured": captured.get(name),
+                  "needed": value}
+                 for name, value in constants.items() if captured.get(name) != value]
+        stale += [{"key": list(key), "path": path, "step": step, "name": name, "captured": value, "needed": None}
+                  for name, value in captured.items() if name not in constants]
+        if stale:
+            self.stale_replays += 1
+            self.total += len(stale)
+            for f in stale:
+                self.names[f["name"]] = self.names.get(f["name"], 0) + 1
+            room = SHOWN_FINDINGS - len(self.first)
+            was_empty = not self.first
+            self.first.extend(stale[:max(0, room)])
+            if was_empty and self.on_finding is not None:
+                self.on_finding(self.to_json())
+        return stale
+
+    def to_json(self) -> dict:
+        return {"captures": self.captures, "replays_checked": self.replays_checked,
+                "stale_replays": self.stale_replays, "total": self.total, "names": dict(self.names),
+                "first": list(self.first)}
+
+
+def describe_constants(check: dict | None) -> str:
+    """One line for reports."""
+    if not check:
+        return "stale-constant check: not run (no graph captured)"
+    if not check.get("total"):
+        return (f"stale-constant check: {check['replays_checked']} graph replays, every launch constant as at "
+                f"capture ({check['captures']} graphs captured)")
+    f = check["first"][0]
+    names = ", ".join(f"{n} ({c})" for n, c in check["names"].items())
+    return (f"stale-constant check: {check['stale_replays']} of {check['replays_checked']} graph replays ran with "
+            f"stale constants: {names}; first at step {f['step']}: {f['path']} graph key {tuple(f['key'])}, "
+            f"{f['name']} captured {f['captured']}, needed {f['needed']}")

@@ -88,7 +88,7 @@ def cmd_gsm8k(args, argv) -> int:
     grouped = len({(o.engine, o.axes) for o in ev.outcomes}) > 1
     for o in ev.outcomes:
         group = f"[{o.engine} {o.axes}] " if grouped else ""
-        print(f"{group}max_bt={o.max_bt:<5} {o.mode:<7} {o.verdict:<13} {o.accuracy_text()} "
+        print(f"{group}max_bt={o.max_bt:<5} {o.mode:<7} {o.verdict:<16} {o.accuracy_text()} "
               f"twin_mismatches={o.twin_mismatches if o.twin_mismatches is not None else '-'} "
               f"failed={o.failed_requests}  {o.reason}")
     for cell in ev.summary["cells"]:

@@ -22,6 +22,9 @@ MODES: dict[str, tuple[bool, bool]] = {
     "decode": (False, True),
 }
 REFERENCE_MODE = "off"
+# --oracle: what decides a graph run is stale. twin: the padded-eager twin (tokens); constants: the worker's
+# stale-constant check alone (no twins: fast); both: twins and constants
+ORACLES = ("twin", "constants", "both")
 
 # Attention implementations that transformers treats as FlashAttention (no attention mask, async batching default)
 FLASH_LIKE_ATTN = ("flash_attention_2", "flash_attention_3", "torch-flash")
@@ -165,9 +168,15 @@ class EngineConfig:
     pad_seqlen_k: bool | None = None  # pad max_seqlen_k like a varlen graph run would (None: engine default)
     use_async: bool | None = None  # None: transformers decides
     fault: str | None = None
+    # which run of this configuration: 0 the first, then --repeat's repeats and confirmation re-runs. A distinct job
+    # (its own key and cache entry, a fresh worker); `flaky` perturbs attempt 0 only
+    attempt: int = 0
 
     def key(self) -> str:
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        fields = dataclasses.asdict(self)
+        if not self.attempt:  # the first run keeps the key it had before attempts existed (caches stay valid)
+            del fields["attempt"]
+        blob = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def describe(self) -> str:
@@ -189,6 +198,8 @@ class EngineConfig:
             parts.append(f"fault={self.fault}")
         if self.audit:
             parts.append(f"audit={self.audit}")
+        if self.attempt:
+            parts.append(f"attempt={self.attempt}")
         return ", ".join(parts)
 
 
@@ -205,6 +216,14 @@ class ModePlan:
     notes: list[str] = field(default_factory=list)
     engine: str = "default"
     axes: Axes | None = None
+    repeats: list[str] = field(default_factory=list)  # --repeat: runs of the same configuration, attempts 1..N-1
+    reruns: list[str] = field(default_factory=list)  # confirmation re-runs of the graph run (confirm.py adds them)
+    twin_reruns: list[str] = field(default_factory=list)  # re-runs of the twin, when its soundness is in doubt
+
+    @property
+    def graph_runs(self) -> list[str]:
+        """Every run of this mode's configuration: the first, the repeats, the confirmation re-runs."""
+        return [self.run, *self.repeats, *self.reruns]
 
     @property
     def cell_id(self) -> str:
@@ -230,14 +249,25 @@ class Plan:
         for mp in self.modes:
             if mp.run == key:
                 out.append(mp.mode)
+            if key in mp.repeats:
+                out.append(f"{mp.mode} repeat")
+            if key in mp.reruns:
+                out.append(f"{mp.mode} re-run")
             if mp.twin == key:
                 out.append(f"{mp.mode} twin")
+            if key in mp.twin_reruns:
+                out.append(f"{mp.mode} twin re-run")
         return out
+
+    def add(self, cfg: EngineConfig) -> str:
+        self.runs.setdefault(cfg.key(), cfg)
+        return cfg.key()
 
 
 def plan_runs(modes: list[str], max_bts: list[int], caps: Capabilities,
               injections: dict[str, str] | None = None, engines: list[str] | None = None,
-              axes: list[Axes] | None = None, audit: str | None = None) -> Plan:
+              axes: list[Axes] | None = None, audit: str | None = None, repeat: int = 1,
+              oracle: str = "twin") -> Plan:
     """Map each (engine, max_bt, axes, mode) cell to engine runs, deduplicating runs with the same effective
     configuration.
 
@@ -246,6 +276,8 @@ def plan_runs(modes: list[str], max_bts: list[int], caps: Capabilities,
       configuration with padding forced on and graphs off, which reproduces every launch constant of the graph run.
     - Where no path of a mode can capture a graph (no CUDA; `decode` without a decode fast path), the mode's run is
       its own padded-eager twin: computed once, and the mode is SKIPPED unless the two still differ (a fault).
+    - `repeat` N: a graph mode's run is made N times (attempts 0..N-1, distinct jobs), each checked against the twin.
+    - `oracle` "constants": graph modes get no twin (the stale-constant check in the worker is the oracle).
     """
     injections = injections or {}
     engines = engines or ["default"]
@@ -290,5 +322,9 @@ def plan_runs(modes: list[str], max_bts: list[int], caps: Capabilities,
                                            audit=audit, **base)
                     else:
                         run = dataclasses.replace(twin, fault=fault)
-                    plans.append(ModePlan(mode, bt, add(run), add(twin), fault, eff, notes, engine, ax))
+                    twin_key = None if oracle == "constants" and any(eff) else add(twin)
+                    run_key = add(run)
+                    repeats = [add(dataclasses.replace(run, attempt=i)) for i in range(1, repeat)] \
+                        if run_key != twin_key else []
+                    plans.append(ModePlan(mode, bt, run_key, twin_key, fault, eff, notes, engine, ax, repeats))
     return Plan(runs, plans)

@@ -167,7 +167,7 @@ def cmd_run_job(args, argv) -> int:
 def cmd_merge(args, argv) -> int:
     ev = merge(args.dirs, args.out)
     for o in ev.outcomes:
-        print(f"{o.cell_id:<24} {o.verdict:<13} {o.accuracy_text()} "
+        print(f"{o.cell_id:<24} {o.verdict:<16} {o.accuracy_text()} "
               f"twin_mismatches={o.twin_mismatches if o.twin_mismatches is not None else '-'} "
               f"failed={o.failed_requests}  {o.reason}")
     print(f"report: {ev.out / 'report.md'}")

@@ -15,6 +15,7 @@ import math
 import re
 from pathlib import Path
 
+from .audit import describe_constants
 from .results import atomic_write_text
 from .verdict import FINDINGS, ModeOutcome, Verdict, legend
 
@@ -52,6 +53,16 @@ def _num(x, fmt="{:.1f}") -> str:
 
 def _badge(verdict: str) -> str:
     return f'<span class="verdict" style="background:{COLORS.get(verdict, "#57606a")}">{esc(verdict)}</span>'
+
+
+def _confirmation(cell: dict) -> str:
+    """Runs compared with the twin and which reproduced (— when nothing needed confirming)."""
+    c = cell.get("confirmation")
+    if not c:
+        return "—"
+    return esc(f"{c['status']}: {c['runs_compared'] - c['runs_matching_twin']} of {c['runs_compared']} runs differ"
+               + (f"; twin re-run {'differs' if any(t['mismatches'] for t in c['twin_reruns']) else 'identical'}"
+                  if c["twin_reruns"] else ""))
 
 
 def _png(fig) -> str:
@@ -230,7 +241,7 @@ def render(summary: dict, outcomes: list[ModeOutcome], drifts: list | None = Non
         f"<li>created: {esc(summary.get('created'))}</li></ul>",
         '<h2>Cells</h2><table id="cells"><thead><tr><th>cell</th><th>max_bt</th><th>mode</th><th>verdict</th>'
         "<th>accuracy % (95% CI)</th><th>delta vs off (p)</th><th>twin mismatches</th><th>failed</th><th>tok/s</th>"
-        "<th>samples/s</th><th>wall s</th><th>reason</th></tr></thead><tbody>",
+        "<th>samples/s</th><th>wall s</th><th>confirmation</th><th>reason</th></tr></thead><tbody>",
     ]
     for c in summary["cells"]:
         ci = c.get("accuracy_ci")
@@ -246,7 +257,8 @@ def render(summary: dict, outcomes: list[ModeOutcome], drifts: list | None = Non
                      f"<td class=\"num\">{esc(c.get('failed_requests'))}</td>"
                      f"<td class=\"num\">{_num(c.get('tokens_per_s'))}</td>"
                      f"<td class=\"num\">{_num(c.get('samples_per_s'), '{:.2f}')}</td>"
-                     f"<td class=\"num\">{_num(c.get('wall_s'))}</td><td>{esc(c.get('reason'))}</td></tr>")
+                     f"<td class=\"num\">{_num(c.get('wall_s'))}</td><td>{_confirmation(c)}</td>"
+                     f"<td>{esc(c.get('reason'))}</td></tr>")
     parts.append("</tbody></table>")
     parts.append('<h2>Figures</h2><div class="figs">')
     alts = {"fig-accuracy": "accuracy vs max_bt per graph mode with 95% CIs",
@@ -275,6 +287,10 @@ def render(summary: dict, outcomes: list[ModeOutcome], drifts: list | None = Non
     for o in flagged:
         parts.append(f'<section class="flagged-cell" id="flagged-{_slug(o.cell_id)}"><h3>{esc(o.cell_id)}: '
                      f"{_badge(o.verdict)} {esc(o.reason)}</h3>")
+        if o.confirmation is not None:
+            parts.append(f'<p class="confirmation">confirmation: {esc(o.confirmation.describe())}</p>')
+        if o.stale_constants is not None:
+            parts.append(f'<p class="constants">{esc(describe_constants(o.stale_constants))}</p>')
         if o.comparison and o.comparison.mismatches:
             parts.append(mismatch_section(o))
         parts.append("</section>")

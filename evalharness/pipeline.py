@@ -24,6 +24,7 @@ from .results import RunResult, atomic_write_json, atomic_write_jsonl
 from .gsm8k import PROMPTS, GSM8KTask
 from .settings import Settings
 from .store import job_hash, save_settings, settings_json
+from .confirm import confirm, reruns_needed
 from .verdict import ModeOutcome, Thresholds, Verdict, decide, exit_code
 
 
@@ -183,6 +184,11 @@ def evaluate(s: Settings, on_start=None) -> Evaluation:
         watch = FailFast(p.plan, p.jobs).check
     results = run_jobs(p.jobs, workers=s.jobs, devices=s.devices, progress=s.progress, cuda=p.cuda, report=pool,
                        watch=watch)
+    if s.confirm:  # confirmation re-runs (graph runs, then twins when in doubt) until confirm.py needs no more
+        while extra := reruns_needed(p.plan, results):
+            jobs = [make_job(p, key, cfg) for key, cfg in extra.items()]
+            p.jobs.extend(jobs)
+            results.update(run_jobs(jobs, workers=s.jobs, devices=s.devices, progress=s.progress, cuda=p.cuda))
     return finish(p, results, pool=pool)
 
 
@@ -200,9 +206,10 @@ def prepare_jobs(s: Settings, cuda: bool | None = None, model: dict | None = Non
     interpreters = interpreters or {name: engine_interpreter(path) for name, path in s.engines.items()}
     probes = probes or probe_engines(s.engines, interpreters)
     plan = plan_runs(s.modes, s.max_bts, caps, injections, engines=list(s.engines),
-                     axes=axes_matrix(attns, s.asyncs, s.compiles, s.fast_paths), audit=s.audit)
+                     axes=axes_matrix(attns, s.asyncs, s.compiles, s.fast_paths), audit=s.audit, repeat=s.repeat,
+                     oracle=s.oracle)
     unsupported = unsupported_modes(plan, probes)
-    needed = {k for mp in plan.modes if mp.cell_id not in unsupported for k in (mp.run, mp.twin) if k}
+    needed = {k for mp in plan.modes if mp.cell_id not in unsupported for k in (*mp.graph_runs, mp.twin) if k}
     out = s.out or default_out()
     ensure_writable_folder(out, "--out")
     if s.cache is not None:
@@ -212,19 +219,23 @@ def prepare_jobs(s: Settings, cuda: bool | None = None, model: dict | None = Non
     timeout = s.timeout_s
     stall = default_limits(caps.cuda).stall_s
 
-    jobs = []
-    for key, cfg in plan.runs.items():
-        if key not in needed:
-            continue
-        python, pythonpath = interpreters[cfg.engine]
-        job_key = job_hash(fingerprint, python, pythonpath, key, probes.get(cfg.engine, {}), model)
-        label = f"[{', '.join(plan.served_by(key))}] {cfg.describe()}"
-        jobs.append(Job(key=key, engine=cfg, model={k: v for k, v in model.items() if k != "label"},
-                        prompts=task.prompts, max_new_tokens=s.max_new_tokens,
-                        job_dir=(s.cache or out / "runs") / job_key, chat=s.prompt == "chat", timeout_s=timeout,
-                        stall_s=stall, label=label, python=python, pythonpath=pythonpath))
-    return Prepared(s, saved, source, task, model, plan, unsupported, probes, interpreters, caps.cuda, fingerprint,
-                    timeout, out, jobs)
+    p = Prepared(s, saved, source, task, model, plan, unsupported, probes, interpreters, caps.cuda, fingerprint,
+                 timeout, out, [])
+    p.jobs = [make_job(p, key, cfg, stall) for key, cfg in plan.runs.items() if key in needed]
+    return p
+
+
+def make_job(p: Prepared, key: str, cfg, stall: float | None = None) -> Job:
+    """The job of one engine run of p's plan (its cache folder named by everything that determines its output)."""
+    s = p.settings
+    python, pythonpath = p.interpreters[cfg.engine]
+    job_key = job_hash(p.fingerprint, python, pythonpath, key, p.probes.get(cfg.engine, {}), p.model)
+    label = f"[{', '.join(p.plan.served_by(key))}] {cfg.describe()}"
+    return Job(key=key, engine=cfg, model={k: v for k, v in p.model.items() if k != "label"},
+               prompts=p.task.prompts, max_new_tokens=s.max_new_tokens,
+               job_dir=(s.cache or p.out / "runs") / job_key, chat=s.prompt == "chat", timeout_s=p.timeout_s,
+               stall_s=stall if stall is not None else default_limits(p.cuda).stall_s, label=label, python=python,
+               pythonpath=pythonpath)
 
 
 def finish(p: Prepared, results: dict[str, RunResult], pool: dict | None = None) -> Evaluation:
@@ -240,9 +251,10 @@ def finish(p: Prepared, results: dict[str, RunResult], pool: dict | None = None)
             outcomes.append(decide(mp, skipped, None, [], None, None))
             continue
         off = next((p for p in plan.modes if p.mode == REFERENCE_MODE and p.group == mp.group), None)
+        others = {k: results[k] for k in (*mp.graph_runs[1:], *mp.twin_reruns) if k in results}
         outcomes.append(decide(mp, results[mp.run], results[mp.twin] if mp.twin else None, correct[mp.run],
                                results[off.run] if off else None, correct[off.run] if off else None,
-                               Thresholds(s.alpha, s.min_drop)))
+                               Thresholds(s.alpha, s.min_drop), confirm(mp, plan, results), others))
     folders = {job.key: job.job_dir for job in p.jobs}  # run key -> its folder (named by the job hash)
     summary = build_summary(s, task, p.source.label, model, plan, results, outcomes, probes, folders)
     summary["pool"] = pool or None  # workers, threads, model loads (None when every run came from the cache)
@@ -354,6 +366,16 @@ def _run_figures(r: RunResult) -> dict:
             "wall_s": gen_s, "peak_mem_gb": r.meta.get("peak_mem_gb"), "generated_tokens": tokens}
 
 
+def _repeats(o: ModeOutcome, plan: Plan) -> dict | None:
+    """--repeat N: how many of the mode's N runs (re-runs not counted) equal the twin."""
+    mp = next((m for m in plan.modes if m.cell_id == o.cell_id), None)
+    if mp is None or not mp.repeats:
+        return None
+    checks = [c for c in (o.confirmation.checks if o.confirmation else []) if c.role in ("run", "repeat")]
+    runs = 1 + len(mp.repeats)
+    return {"runs": runs, "matched": runs - sum(bool(c.mismatches) for c in checks)}
+
+
 def _cell(o: ModeOutcome, plan: Plan, results: dict[str, RunResult], probes: dict | None = None,
           folders: dict[str, Path] | None = None) -> dict:
     run = results[o.run_key] if o.ran else RunResult(key=o.run_key, status="unsupported", samples=[])
@@ -382,6 +404,11 @@ def _cell(o: ModeOutcome, plan: Plan, results: dict[str, RunResult], probes: dic
                              (o.comparison.mismatches[:5] if o.comparison else [])],
         "log_tail": run.log_tail[-5:],
         "attribution": run.meta.get("audit"),
+        "confirmation": o.confirmation.to_json() if o.confirmation else None,
+        "repeats": _repeats(o, plan),
+        "stale_constants": o.stale_constants.get("first", []) if o.stale_constants else None,
+        "stale_constants_total": o.stale_constants.get("total") if o.stale_constants else None,
+        "constant_check": {k: v for k, v in o.stale_constants.items() if k != "first"} if o.stale_constants else None,
     }
     cell.update({k: v for k, v in _run_figures(run).items() if k != "generated_tokens"})
     # where a failed run's log is: the run's (or else the twin's) folder on disk

@@ -331,6 +331,12 @@ def failure_message(o, report_dir: Path | None = None) -> str:
                      f"{m.run_tokens[m.position:m.position + 1]} vs twin {m.twin_tokens[m.position:m.position + 1]}")
         lines.append(f"    graph run: {_snippet(m.run_text, char)!r}")
         lines.append(f"    twin:      {_snippet(m.twin_text, char)!r}")
+    if getattr(o, "confirmation", None) is not None:
+        lines.append(f"  confirmation: {o.confirmation.describe()}")
+    if getattr(o, "stale_constants", None):
+        from .audit import describe_constants
+
+        lines.append(f"  {describe_constants(o.stale_constants)}")
     if report_dir is not None:
         lines.append(f"  report: {report_dir / 'report.md'} ({report_dir / 'report.html'})")
     return "\n".join(lines)
@@ -345,6 +351,10 @@ def record_outcome(item, o, report_dir: Path | None) -> None:
     if o.comparison and o.comparison.mismatches:
         m = o.comparison.mismatches[0]
         props["first_mismatch"] = f"sample {m.index} token {m.position}"
+    if getattr(o, "confirmation", None) is not None:
+        props["confirmation"] = o.confirmation.status
+    if getattr(o, "stale_constants", None):
+        props["stale_constants"] = o.stale_constants.get("total")
     if report_dir is not None:
         props["report"] = str(report_dir / "report.html")
     add_properties(item, props)

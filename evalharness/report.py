@@ -11,7 +11,7 @@ import math
 import re
 from pathlib import Path
 
-from .audit import describe
+from .audit import describe, describe_constants
 from .results import atomic_write_text
 from .verdict import FAIL, FINDINGS, ModeOutcome, legend
 
@@ -93,6 +93,10 @@ def markdown(summary: dict, outcomes: list[ModeOutcome], max_examples: int = 3) 
         attribution = summary["cells_by_id"][o.cell_id].get("attribution")
         if attribution:
             lines.append(f"  - {md_escape(describe(attribution))}")
+        if o.confirmation is not None:
+            lines.append(f"  - confirmation: {md_escape(o.confirmation.describe())}")
+        if o.stale_constants is not None:
+            lines.append(f"  - {md_escape(describe_constants(o.stale_constants))}")
     fails = [o for o in outcomes if o.verdict == FAIL]
     if fails:
         lines += ["", "## FAIL details", "", "| cell | max_bt | mode | error class | first line | worker log |",

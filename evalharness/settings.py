@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import FAULTS, UsageError, parse_compile, parse_devices, parse_max_bt, parse_modes, parse_switch
+from .config import FAULTS, ORACLES, UsageError, parse_compile, parse_devices, parse_max_bt, parse_modes, parse_switch
 
 ATTNS = ("sdpa", "eager", "torch-flash", "flash_attention_2", "flash_attention_3")
 
@@ -247,6 +247,17 @@ class Settings:
                                help="re-run every CUDA-graph replay eagerly and name the graph key and launch "
                                "constant of the first mismatch",
                                also=(("--audit-all", "all", "like --audit, keeping every mismatching replay"),))
+    # the oracle and its confirmation (verdict.py, confirm.py)
+    confirm: bool = option("--no-confirm", True, action="store_false",
+                           help="do not re-run a graph run that differs from its twin (saves one run per flagged "
+                           "cell; STALE_GRAPH is then unconfirmed and a non-deterministic engine cannot be told from a "
+                           "stale graph)")
+    repeat: int = option("--repeat", 1, parse=positive_int("--repeat"), metavar="N",
+                         help="run every graph mode N times (distinct jobs), each against the same twin, and report "
+                         "how many matched")
+    oracle: str = option("--oracle", "twin", choices=ORACLES,
+                         help="what decides staleness: twin (padded-eager twins, default), constants (the worker's "
+                         "stale-constant check alone: graph modes and off, no twins, fast), both")
     engines: dict[str, str | None] = option("--engine", [], action="append", metavar="[NAME=]PATH", suite=False,
                                             parse=parse_engines, help="run the workers under a transformers build: a "
                                             "python interpreter, a venv, or a folder holding the package (pip install "

@@ -81,7 +81,8 @@ def resume_settings(args) -> Settings:
 def harness_digest() -> str:
     """This package's engine code (worker, patches and faults, result collection): it shapes every result."""
     h = hashlib.sha256(__version__.encode())
-    for f in sorted((Path(__file__).parent / "engine").glob("*.py")):
+    here = Path(__file__).parent
+    for f in sorted([*(here / "engine").glob("*.py"), here / "faults.py", here / "audit.py"]):
         h.update(f.name.encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:16]
 

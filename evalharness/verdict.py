@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from . import confirm as confirm_mod
+from .confirm import Confirmation
 from .twin import TwinComparison, compare_twin, paired_on_finished
 from .config import REFERENCE_MODE, ModePlan
 from .results import RunResult
@@ -28,11 +30,17 @@ class Verdict(str, enum.Enum):
         return obj
 
     FAIL = ("FAIL", 0, 6, True, "#8250df", "the run or its twin crashed, timed out, or has failed or missing requests")
-    STALE_GRAPH = ("STALE_GRAPH", 1, 5, True, "#cf222e",
+    STALE_GRAPH = ("STALE_GRAPH", 1, 6, True, "#cf222e",
                    "a graph run differs from its padded-eager twin (same padding, graphs off), which it must "
-                   "reproduce bit for bit")
-    SKIPPED = ("SKIPPED", 2, 0, False, "#6e7781", "the mode cannot be tested here (reason given); never a silent pass")
-    ACCURACY_DROP = ("ACCURACY_DROP", 3, 2, True, "#bc4c00",
+                   "reproduce bit for bit, and a fresh re-run reproduces the same mismatches (unless --no-confirm)")
+    STALE_CONSTANT = ("STALE_CONSTANT", 2, 5, True, "#a40e26",
+                      "a graph was replayed for a batch whose eager forward needs other launch constants "
+                      "(max_seqlen_q, max_seqlen_k per layer type, padded sizes) than the ones baked in at capture")
+    NONDETERMINISTIC = ("NONDETERMINISTIC", 3, 4, True, "#9a6700",
+                        "the engine gave different outputs for identical input: a re-run or repeat of a graph run that "
+                        "differs from its twin does not reproduce it (or the twin itself is not reproducible)")
+    SKIPPED = ("SKIPPED", 4, 0, False, "#6e7781", "the mode cannot be tested here (reason given); never a silent pass")
+    ACCURACY_DROP = ("ACCURACY_DROP", 5, 2, True, "#bc4c00",
                      "a significant paired accuracy drop vs `off` (exact McNemar, at least --min-drop)")
     PASS = ("PASS", 9, 1, False, "#1a7f37", "none of the above (`off`: the reference ran cleanly)")
 
@@ -44,6 +52,7 @@ class Verdict(str, enum.Enum):
 
 PASS, SKIPPED, STALE_GRAPH, ACCURACY_DROP, FAIL = (Verdict.PASS, Verdict.SKIPPED, Verdict.STALE_GRAPH,
                                                    Verdict.ACCURACY_DROP, Verdict.FAIL)
+STALE_CONSTANT, NONDETERMINISTIC = Verdict.STALE_CONSTANT, Verdict.NONDETERMINISTIC
 FINDINGS = tuple(v for v in Verdict if v.finding)
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 
@@ -95,6 +104,8 @@ class ModeOutcome:
     cell_id: str = ""
     per_sample: list[bool] = field(default_factory=list)  # correctness per sample index (primary filter)
     ran: bool = True  # False: the engine could not express this mode, nothing was generated for it
+    confirmation: Confirmation | None = None  # the runs compared when the graph run differs from its twin
+    stale_constants: dict | None = None  # the worker's stale-constant check (None: no graph was replayed or checked)
     finished: int | None = None  # samples that finished (status ok); accuracy counts only these
 
     def accuracy_text(self) -> str:
@@ -116,8 +127,36 @@ def _failure(result: RunResult, who: str) -> str | None:
            "requests failed or missing)"
 
 
+def _first_tokens(c) -> str:
+    m = c.first[0]
+    return (f"{c.role} {c.run} first differs at sample {m['index']} token {m['token']} ({m['run_token']} vs twin "
+            f"{m['twin_token']})")
+
+
+def _nondeterministic(c: Confirmation) -> str:
+    n, differ = len(c.checks), len(c.checks) - c.matched
+    shown = "; ".join(_first_tokens(x) if x.first else f"{x.role} {x.run} identical to the twin" for x in c.checks)
+    if c.status == confirm_mod.TWIN_NOT_REPRODUCIBLE:
+        bad = next(x for x in c.twin_checks if x.mismatches)
+        return (f"the padded-eager twin is not reproducible (its re-run {bad.run} differs on {bad.mismatches}/"
+                f"{bad.compared} samples): the oracle is not sound for this configuration; {differ} of {n} graph "
+                f"runs differ from the twin ({shown})")
+    alike = "" if c.matched else ", and not alike"
+    return f"{differ} of {n} runs of the same configuration differ from the padded-eager twin{alike} ({shown})"
+
+
+def _stale_constants(sc: dict) -> str:
+    first = sc["first"][0]
+    return (f"{sc['total']} stale launch constants in {sc.get('replays_checked', '?')} graph replays (first: "
+            f"{first['name']} captured {first['captured']}, needed {first['needed']} at step {first['step']}, "
+            f"{first['path']} graph key {tuple(first['key'])})")
+
+
 def decide(plan: ModePlan, run: RunResult, twin: RunResult | None, correct: list[bool], off_run: RunResult | None,
-           off_correct: list[bool] | None, thresholds: Thresholds = Thresholds()) -> ModeOutcome:
+           off_correct: list[bool] | None, thresholds: Thresholds = Thresholds(),
+           confirmation: Confirmation | None = None, others: dict[str, RunResult] | None = None) -> ModeOutcome:
+    """`confirmation`: what the mode's other runs show (confirm.confirm); `others`: those runs (repeats, re-runs,
+    twin re-runs) by key, whose failures fail the cell too."""
     n = len(run.samples)
     # accuracy of what finished: a sample lost to a crash or a timeout is not a wrong answer
     finished = sum(smp.status == "ok" for smp in run.samples)
@@ -146,21 +185,38 @@ def decide(plan: ModePlan, run: RunResult, twin: RunResult | None, correct: list
 
     # every verdict that applies, with its reason; the one first in precedence wins
     applies: dict[Verdict, str] = {}
-    failure = _failure(run, "run") or (_failure(twin, "twin") if twin is not None else None)
+    outcome.confirmation = confirmation
+    sc = run.meta.get("stale_constants") if run.status != "unsupported" else None
+    outcome.stale_constants = sc
+    failure = _failure(run, "run") or (_failure(twin, "twin") if twin is not None else None) or next(
+        (f for key, r in (others or {}).items() if (f := _failure(r, f"re-run {key}"))), None)
     if failure:
         applies[FAIL] = failure
-    if outcome.twin_mismatches:
+    if confirmation is not None and confirmation.status in (confirm_mod.NOT_REPRODUCED,
+                                                            confirm_mod.TWIN_NOT_REPRODUCIBLE):
+        applies[NONDETERMINISTIC] = _nondeterministic(confirmation)
+    elif outcome.twin_mismatches:
         first = outcome.comparison.mismatches[0]
+        how = (f"; confirmed: all {len(confirmation.checks)} runs reproduce the same mismatches"
+               if confirmation is not None and confirmation.status == confirm_mod.CONFIRMED else "; not confirmed "
+               "by a re-run")
         applies[STALE_GRAPH] = (f"{outcome.twin_mismatches}/{outcome.twin_compared} samples differ from the "
-                                f"padded-eager twin (first: sample {first.index} at token {first.position})")
+                                f"padded-eager twin (first: sample {first.index} at token {first.position}){how}")
+    if sc and sc.get("total"):
+        applies[STALE_CONSTANT] = _stale_constants(sc)
     if plan.mode != REFERENCE_MODE and not any(plan.graphs_effective):
         applies[SKIPPED] = "; ".join(plan.notes) or "no graph is captured on this device"
     if (outcome.p_value is not None and outcome.delta_vs_off is not None and outcome.p_value < thresholds.alpha
             and -outcome.delta_vs_off >= thresholds.min_drop):
         applies[ACCURACY_DROP] = (f"accuracy {outcome.delta_vs_off:+.3f} vs off (McNemar p={outcome.p_value:.3g} < "
                                   f"{thresholds.alpha}, drop >= {thresholds.min_drop})")
-    applies[PASS] = "reference run" if plan.mode == REFERENCE_MODE else (
-        f"{outcome.twin_compared} samples identical to the padded-eager twin")
+    if plan.mode == REFERENCE_MODE:
+        applies[PASS] = "reference run"
+    elif outcome.twin_compared is not None:
+        applies[PASS] = f"{outcome.twin_compared} samples identical to the padded-eager twin"
+    else:
+        applies[PASS] = (f"no stale launch constant in {sc.get('replays_checked', 0)} graph replays (no twin: "
+                         "--oracle constants)") if sc else "no twin and no stale-constant check"
     outcome.verdict = min(applies, key=lambda v: v.precedence)
     outcome.reason = applies[outcome.verdict]
     if outcome.verdict == FAIL:

@@ -131,3 +131,106 @@ def test_each_finding_is_handed_over_as_it_happens():
 def test_install_refuses_an_unknown_layout():
     with pytest.raises(PatchError, match="compute_batch"):
         audit_hooks.install(Auditor(), type("Runner", (), {}))
+
+
+# --- the stale-constant check: transformers' IO contract (get_model_kwargs, get_graph, set_graph) with baked constants
+
+class FakeCBIO:
+    """ContinuousBatchingIOs as a graph run uses it: get_model_kwargs computes the batch's (padded) launch constants on
+    the host; get_graph/set_graph look graphs up by _get_graph_key. Sliding-window layers see at most 4 keys."""
+
+    def __init__(self, key_has_max_q: bool):
+        self.graphs, self.key_has_max_q, self.use_block_table = {}, key_has_max_q, False
+        self.out = torch.zeros(1, 8, dtype=torch.int32)
+
+    def prepare(self, lengths: list[int]) -> None:
+        self.lengths, self.num_q_tokens, self.max_kv_read, self.max_seqlen_q = lengths, 64, 0, max(lengths)
+
+    def get_model_kwargs(self, use_padding: bool = False) -> dict:
+        return {"max_seqlen_q": self.max_seqlen_q,
+                "max_seqlen_k": {"full_attention": max(self.lengths), "sliding_attention": min(max(self.lengths), 4)},
+                "cu_seq_lens_q": torch.zeros(9, dtype=torch.int32), "input_ids": torch.zeros(1, self.num_q_tokens),
+                "read_index": [torch.zeros(0)], "cache": object(), "lengths": None}
+
+    def _get_graph_key(self):
+        base = (self.num_q_tokens, self.max_kv_read)
+        return base + (self.max_seqlen_q,) if self.key_has_max_q else base
+
+    def get_graph(self):
+        return self.graphs.get(self._get_graph_key())
+
+    def set_graph(self, graph) -> None:
+        self.graphs[self._get_graph_key()] = graph
+
+
+def checked(check):
+    cls = type("CheckedIO", (FakeCBIO,), {})
+    audit_hooks.install_constant_check(check, cls)
+    return cls
+
+
+def cb_step(io: FakeCBIO, lengths: list[int]) -> list[int]:
+    """ModelRunner.compute_batch's graph branch: replay the key's graph, or capture one that bakes max_seqlen_q."""
+    io.prepare(lengths)
+    batch = io.get_model_kwargs(use_padding=True)
+    graph = io.get_graph()
+    if graph is None:
+        baked = batch["max_seqlen_q"]
+        graph = lambda ls: kernel(ls, baked, io.out)  # noqa: E731
+        io.set_graph(graph)
+    graph(lengths)
+    return io.out[0, :len(lengths)].tolist()
+
+
+def test_a_replay_with_another_max_seqlen_q_is_found_and_named():
+    from evalharness.audit import ConstantCheck, describe_constants
+
+    saved = []
+    check = ConstantCheck(on_finding=saved.append)
+    io = checked(check)(key_has_max_q=False)  # the pre-#45323 key: no max_seqlen in it
+    cb_step(io, [3, 5])
+    assert check.captures == 1 and check.total == 0
+    assert cb_step(io, [7, 2]) == [-1, 2]  # the check changes nothing the engine computes
+    found = {f["name"]: f for f in check.first}
+    assert set(found) == {"max_seqlen_q", "max_seqlen_k[full_attention]"}  # sliding_attention: 4 both times
+    assert found["max_seqlen_q"] == {"key": [64, 0], "path": "varlen", "step": 2, "name": "max_seqlen_q",
+                                     "captured": 5, "needed": 7}
+    assert found["max_seqlen_k[full_attention]"]["captured"] == 5 and len(saved) == 1
+    text = describe_constants(check.to_json())
+    assert "max_seqlen_q (1)" in text and "max_seqlen_q captured 5, needed 7" in text
+    for lengths in ([9, 1],) * 11:  # every stale replay is counted; the first few are kept
+        cb_step(io, lengths)
+    j = check.to_json()
+    assert j["replays_checked"] == 12 and j["stale_replays"] == 12 and j["total"] == 24 and len(j["first"]) == 10
+
+
+def test_equal_constants_give_no_finding_and_each_io_keeps_its_own_captures():
+    from evalharness.audit import ConstantCheck, describe_constants
+
+    check = ConstantCheck()
+    cls = checked(check)
+    a, b = cls(key_has_max_q=True), cls(key_has_max_q=True)  # async batching: two IOs, each with its graphs
+    for lengths in ([3, 5], [5, 1], [2, 5], [7, 2], [7, 7]):
+        cb_step(a, lengths)
+    cb_step(b, [2, 7])
+    assert (check.captures, check.replays_checked, check.total) == (3, 3, 0)
+    assert "every launch constant as at capture" in describe_constants(check.to_json())
+
+
+def test_a_stale_constant_is_a_verdict_and_a_field_on_a_stale_graph():
+    from evalharness.config import ModePlan
+    from evalharness.results import RunResult, Sample
+    from evalharness.verdict import STALE_CONSTANT, STALE_GRAPH, decide
+
+    finding = {"key": [64, 0], "path": "varlen", "step": 2, "name": "max_seqlen_q", "captured": 5, "needed": 7}
+    meta = {"stale_constants": {"captures": 1, "replays_checked": 3, "stale_replays": 1, "total": 1,
+                                "names": {"max_seqlen_q": 1}, "first": [finding]}}
+
+    def run(key, tokens):
+        return RunResult(key=key, status="ok", meta=meta, samples=[Sample(index=0, status="ok", token_ids=tokens)])
+
+    mp = ModePlan("varlen", 384, "r", "t", None, (True, False))
+    o = decide(mp, run("r", [1, 2]), run("t", [1, 2]), [True], None, None)
+    assert o.verdict == STALE_CONSTANT and "max_seqlen_q captured 5, needed 7 at step 2" in o.reason
+    o = decide(mp, run("r", [1, 3]), run("t", [1, 2]), [True], None, None)
+    assert o.verdict == STALE_GRAPH and o.stale_constants["first"] == [finding]

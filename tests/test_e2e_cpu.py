@@ -77,7 +77,8 @@ def test_twins_ran_and_agree(all_modes):
     assert m["on"]["run"] == m["on"]["twin"] == m["varlen"]["run"] == m["varlen"]["twin"]
     assert m["decode"]["run"] == m["decode"]["twin"] != m["on"]["run"]
     assert m["off"]["run"] not in (m["on"]["run"], m["decode"]["run"])
-    assert len(summary["runs"]) == 3
+    assert len(summary["runs"]) == 3  # clean: nothing to confirm, no re-run
+    assert all(c["confirmation"] is None and c["repeats"] is None for c in summary["cells"])
     shared = summary["runs"][m["on"]["run"]]
     assert shared["engine"]["force_padding"] and shared["engine"]["pad_seqlen_k"]
     assert sorted(shared["served"]) == ["on", "on twin", "varlen", "varlen twin"]
@@ -200,9 +201,37 @@ def test_perturbed_engine_is_flagged_stale_graph(tiny_llama, gsm8k_test, tmp_pat
     r, t = run[first["index"]], twin[first["index"]]
     assert r["token_ids"][:first["token"]] == t["token_ids"][:first["token"]]
     assert r["token_ids"][first["token"]] != t["token_ids"][first["token"]]
+    # confirmed: a fresh re-run of the same configuration (attempt 1, its own job) reproduces the same mismatches
+    conf = on["confirmation"]
+    assert conf["status"] == "confirmed" and conf["runs_compared"] == 2 and conf["runs_matching_twin"] == 0
+    rerun = conf["runs"][1]["run"]
+    assert summary["runs"][rerun]["engine"]["attempt"] == 1 and rerun != on["run"]
+    assert conf["runs"][0]["first_mismatches"] == conf["runs"][1]["first_mismatches"]
     md = (out / "report.md").read_text()
+    assert "confirmation: confirmed: every run reproduces the same mismatches" in md
     assert "| 128 | on [perturb] | **STALE_GRAPH** |" in md
     assert "## on at max_bt 128: first mismatching samples" in md and "<pre>" in md
+
+
+@pytest.mark.parametrize("repeat", [1, 3])
+def test_flaky_engine_is_nondeterministic_not_stale(tiny_llama, gsm8k_test, tmp_path, repeat):
+    """`flaky` perturbs the first run of a mode only: its re-run (or repeats) equal the twin."""
+    out = tmp_path / "report"
+    proc = evalharness(tiny_llama, gsm8k_test, out, "--graphs", "on", "--inject", "on=flaky", "--repeat",
+                       str(repeat))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    summary, _ = load(out)
+    on = summary["modes"]["on"]
+    assert on["verdict"] == "NONDETERMINISTIC" and on["twin_mismatches"] > 0
+    conf = on["confirmation"]
+    assert conf["status"] == "not_reproduced" and conf["runs_compared"] == max(2, repeat)
+    assert [r["mismatches"] > 0 for r in conf["runs"]] == [True] + [False] * (max(2, repeat) - 1)
+    assert [summary["runs"][r["run"]]["engine"]["attempt"] for r in conf["runs"]] == list(range(max(2, repeat)))
+    assert f"1 of {max(2, repeat)} runs" in on["reason"] and "first differs at sample" in on["reason"]
+    if repeat > 1:  # the repeats settle it: no re-run
+        assert on["repeats"] == {"runs": 3, "matched": 2} and {r["role"] for r in conf["runs"]} == {"run", "repeat"}
+        assert len(summary["runs"]) == 4  # 3 attempts and the twin
+    assert "NONDETERMINISTIC" in (out / "report.html").read_text()
 
 
 def test_aborted_worker_fails_its_mode_only(tiny_llama, gsm8k_test, tmp_path):

@@ -127,6 +127,9 @@ def collect(job: Job, returncode: int | None, timed_out: bool | str | None, wall
     audit_path = job.job_dir / "audit.json"
     if "audit" not in meta and audit_path.exists():  # the worker died after an audit finding: keep it
         meta["audit"] = json.loads(audit_path.read_text())
+    constants_path = job.job_dir / "constants.json"
+    if "stale_constants" not in meta and constants_path.exists():  # died after a stale-constant finding
+        meta["stale_constants"] = json.loads(constants_path.read_text())
     by_index: dict[int, dict] = {}
     if results_path.exists():
         for row in read_jsonl(results_path):

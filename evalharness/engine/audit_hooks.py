@@ -1,4 +1,11 @@
-"""`--audit` inside a worker: every CUDA-graph replay is re-run eagerly on the same static inputs and compared.
+"""The stale-constant check (every graph run) and `--audit` inside a worker.
+
+The stale-constant check (`install_constant_check`) wraps transformers' ContinuousBatchingIOs, whose methods every
+graph run goes through in 5.5.x and 5.17+ alike: `get_model_kwargs` (the host-side launch constants of each batch,
+padded as the graph run pads them), `get_graph` (a graph found for the batch's key: a replay) and `set_graph` (a
+capture). It costs a few dict lookups per step and never touches the GPU; it reports to an audit.ConstantCheck.
+
+`--audit`: every CUDA-graph replay is re-run eagerly on the same static inputs and compared.
 
 Wraps the model runner's `compute_batch` (transformers 5.17+ layout: ModelRunner with inputs_and_outputs,
 _get_forward_fn and get_cb_kwargs; the names are checked first and a PatchError names what moved). At a capture it
@@ -13,7 +20,7 @@ from __future__ import annotations
 import functools
 from contextlib import nullcontext
 
-from ..audit import Auditor, Launch
+from ..audit import Auditor, ConstantCheck, Launch
 from .patches import PatchError
 
 
@@ -83,3 +90,82 @@ def install(auditor: Auditor, runner_cls=None) -> None:
         return None
 
     runner_cls.compute_batch = compute_batch
+
+
+def launch_constants(kwargs) -> dict:
+    """The forward's keyword arguments as launch constants: ints and bools by value, a per-layer-type dict one entry
+    per type, tensors by shape, lists of tensors one shape per item; other objects (the cache) are left out."""
+    import dataclasses
+
+    import torch
+
+    if dataclasses.is_dataclass(kwargs):  # transformers 5.5.x: PagedAttentionArgs is a dataclass
+        kwargs = {f.name: getattr(kwargs, f.name) for f in dataclasses.fields(kwargs)}
+    out: dict = {}
+
+    def add(name: str, value) -> None:
+        if isinstance(value, torch.Tensor):
+            out[f"{name}.shape"] = list(value.shape)
+        elif isinstance(value, (bool, int, float)) or value is None:
+            out[name] = value
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                add(f"{name}[{k}]", v)
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                add(f"{name}[{i}]", v)
+
+    for name, value in kwargs.items():
+        add(name, value)
+    return out
+
+
+def install_constant_check(check, io_cls=None) -> None:
+    """Wrap `io_cls` (transformers' ContinuousBatchingIOs) once per process. `check`: a ConstantCheck, or a function
+    returning the current job's (None: this job is not checked), for a worker that serves several jobs."""
+    current = check if callable(check) else (lambda: check)
+    if io_cls is None:
+        try:
+            from transformers.generation.continuous_batching.input_outputs import ContinuousBatchingIOs as io_cls
+        except ImportError as e:
+            raise PatchError(f"stale-constant check: transformers has no ContinuousBatchingIOs: {e}") from e
+    for name in ("get_model_kwargs", "get_graph", "set_graph"):
+        if not hasattr(io_cls, name):
+            raise PatchError(f"stale-constant check: {io_cls.__name__} has no {name}; the check does not know this "
+                             "layout")
+    original_kwargs, original_get, original_set = io_cls.get_model_kwargs, io_cls.get_graph, io_cls.set_graph
+    state = {"step": 0}
+
+    def graph_key(io) -> tuple:
+        if hasattr(io, "_get_graph_key"):  # 5.6+
+            return tuple(io._get_graph_key())
+        return (io.num_q_tokens, io.max_kv_read)  # 5.5.x: CudaGraphBuffer keyed by these two
+
+    def path(io) -> str:
+        return "decode" if getattr(io, "use_block_table", False) else "varlen"
+
+    @functools.wraps(original_kwargs)
+    def get_model_kwargs(self, *args, **kwargs):
+        out = original_kwargs(self, *args, **kwargs)
+        if current() is not None:
+            state["step"] += 1
+            self._evalharness_launch = launch_constants(out)
+        return out
+
+    @functools.wraps(original_get)
+    def get_graph(self, *args, **kwargs):
+        graph = original_get(self, *args, **kwargs)
+        check = current()
+        if graph is not None and check is not None:
+            check.on_replay(id(self), state["step"], path(self), graph_key(self),
+                            getattr(self, "_evalharness_launch", {}))
+        return graph
+
+    @functools.wraps(original_set)
+    def set_graph(self, *args, **kwargs):
+        original_set(self, *args, **kwargs)
+        check = current()
+        if check is not None:
+            check.on_capture(id(self), path(self), graph_key(self), getattr(self, "_evalharness_launch", {}))
+
+    io_cls.get_model_kwargs, io_cls.get_graph, io_cls.set_graph = get_model_kwargs, get_graph, set_graph

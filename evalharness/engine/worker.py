@@ -174,6 +174,8 @@ class WorkerState:
     heartbeat: bool = False
     auditor: object = None
     graph_counts: dict | None = None  # CUDA graphs captured per path by the current job (patches.count_graph_captures)
+    constant_hooks: bool = False  # the stale-constant check's hooks are installed (once per worker)
+    constants: object = None  # the current job's audit.ConstantCheck (None: not checked)
 
 
 def run(job_dir: Path, state: WorkerState | None = None) -> int:
@@ -237,6 +239,19 @@ def _run(job_dir: Path, job: dict, meta: dict, state: WorkerState) -> int:
     padding_notes = patches.set_padding(bool(engine.get("force_padding")), engine.get("pad_seqlen_k"))
     if state.graph_counts is not None:
         state.graph_counts.update(varlen=0, decode=0)  # this job's captures only
+
+    # the stale-constant check: on in every job that may capture graphs; its hooks are installed once per worker
+    constants = None
+    if any(engine["cuda_graph"]):
+        from ..audit import ConstantCheck
+
+        constants = ConstantCheck(on_finding=lambda j: atomic_write_json(job_dir / "constants.json", j))
+        if not state.constant_hooks:
+            from . import audit_hooks
+
+            audit_hooks.install_constant_check(lambda: state.constants)
+            state.constant_hooks = True
+    state.constants = constants
 
     _, unsupported = _cb_config(engine, version)
     if unsupported:  # before loading anything
@@ -338,6 +353,8 @@ def _run(job_dir: Path, job: dict, meta: dict, state: WorkerState) -> int:
         meta["resolved"]["graphs_captured"] = dict(state.graph_counts)
     if auditor is not None:
         meta["audit"] = auditor.to_json()
+    if constants is not None and constants.captures:
+        meta["stale_constants"] = constants.to_json()
     meta["prompt_tokens_max"] = max((len(x) for x in inputs), default=0)
     meta["total_s"] = time.perf_counter() - t_start
     meta["status"] = "done"
