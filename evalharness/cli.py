@@ -66,6 +66,7 @@ def cmd_gsm8k(args, argv) -> int:
         s = settings.from_args(args, command="evalharness " + shlex.join(argv))
     if args.command == "plan":
         return fanout.write_plan(s, args)
+    line = None  # what the machine's defaults chose, printed once the settings proved valid
     if getattr(args, "resume", None) is None:
         from .defaults import machine_defaults
         from .pipeline import default_out, detect_cuda
@@ -77,8 +78,6 @@ def cmd_gsm8k(args, argv) -> int:
         from .history import ensure_appendable
 
         ensure_appendable(s.history)  # before the run: an unwritable history would lose it at the end
-    else:
-        line = None
     try:  # the defaults line once the settings proved valid (a usage error stays one line)
         ev = evaluate(s, on_start=(lambda: print(line, flush=True)) if line else None)
     except KeyboardInterrupt:

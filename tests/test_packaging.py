@@ -29,3 +29,12 @@ def test_embedded_gsm8k_is_package_data():
             "gsm8k_data/SOURCE.md"} <= set(files)
     for f in files:
         assert any(fnmatch.fnmatch(f, g) for g in globs), f"{f} would not ship in the wheel"
+
+
+def test_quick_start_installs_what_its_test_command_needs():
+    """README's Quick start: the install line brings pytest, so `python -m pytest -q` works right after it."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Quick start", 1)[1].split("```bash", 1)[1].split("```", 1)[0].strip().splitlines()
+    assert "pip install -e '.[test]'" in block[0]
+    assert any(line.strip() == "python -m pytest -q" for line in block[1:])
+    assert any(d.startswith("pytest") for d in PROJECT["project"]["optional-dependencies"]["test"])
