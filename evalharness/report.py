@@ -55,6 +55,21 @@ def snippet_around(a: str, b: str, width: int = 80) -> tuple[str, str, int]:
     return ("…" if lo else "") + a[lo:i + width], ("…" if lo else "") + b[lo:i + width], i
 
 
+SMALL_MODELS = {"smollm2-135m": "135M"}
+
+
+def accuracy_note(summary: dict) -> str | None:
+    """Why every accuracy is (near) zero, where that is the model and not the engine."""
+    accs = [c["accuracy"] for c in summary.get("cells", []) if c.get("accuracy") is not None]
+    size = SMALL_MODELS.get(str(summary.get("model")))
+    if not accs or (size is None and max(accs) >= 0.02):
+        return None
+    return (f"Accuracy is {max(accs):.3f} at best: {'a ' + size if size else 'this'} model cannot solve GSM8K's "
+            "grade-school arithmetic, so the accuracy columns say nothing about the engine here. The twin check does "
+            "not depend on accuracy: every graph run is compared token for token with its padded-eager twin. For an "
+            "accuracy that can show a drop, use --model qwen2.5-coder-0.5b (the default with CUDA).")
+
+
 def markdown(summary: dict, outcomes: list[ModeOutcome], max_examples: int = 3) -> str:
     v = summary.get("versions", {})
     lines = [
@@ -69,6 +84,9 @@ def markdown(summary: dict, outcomes: list[ModeOutcome], max_examples: int = 3) 
         f"- command: {md_code(summary['command'])}",
         "",
     ]
+    note = accuracy_note(summary)
+    if note:
+        lines += [f"> {md_escape(note)}", ""]
     grouped = len({(o.engine, o.axes) for o in outcomes}) > 1
     lines += [("| engine | axes " if grouped else "") + "| max_bt | mode | verdict | accuracy % (95% CI) | "
               "delta vs off (p) | twin mismatches | failed | tok/s | samples/s | wall s | peak GB |",

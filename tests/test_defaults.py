@@ -15,12 +15,14 @@ def parse(*argv):
 def test_cpu_sized_defaults_where_not_given():
     s, argv = parse("--max-bt", "384")
     out, line = machine_defaults(s, argv, cuda=False)
-    assert (out.limit, out.max_new_tokens, out.dtype) == (10, 64, "fp32")
-    assert line.startswith("evalharness: no CUDA device: CPU-sized defaults --limit 10 --max-new-tokens 64 --dtype "
-                           "fp32") and "\n" not in line
-    s, argv = parse("--limit", "3", "--max-new-tokens=256", "--dtype", "bf16")
+    assert (out.limit, out.prompt, out.max_new_tokens, out.dtype) == (10, "chat", 32, "fp32")
+    assert line.startswith("evalharness: no CUDA device: CPU-sized defaults --limit 10 --prompt chat "
+                           "--max-new-tokens 32 --dtype fp32") and "\n" not in line
+    s, argv = parse("--limit", "3", "--prompt", "fewshot", "--max-new-tokens=256", "--dtype", "bf16")
     out, line = machine_defaults(s, argv, cuda=False)
-    assert (out.limit, out.max_new_tokens, out.dtype, line) == (3, 256, "bf16", None)  # typed values always win
+    assert (out.limit, out.prompt, out.max_new_tokens, out.dtype, line) == (3, "fewshot", 256, "bf16", None)
+    s, argv = parse("--fewshot", "2")  # shots asked for: the few-shot prompt stays
+    assert machine_defaults(s, argv, cuda=False)[0].prompt == "fewshot"
     s, argv = parse("--limit", "3")
     out, line = machine_defaults(s, argv, cuda=False)
     assert out.limit == 3 and "--limit" not in line and set(CPU_DEFAULTS) - {"limit"} <= set(

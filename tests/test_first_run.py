@@ -18,16 +18,16 @@ pytestmark = pytest.mark.slow
 def test_cpu_defaults_line_and_report_paths(tiny_llama, gsm8k_test, tmp_path):
     out = tmp_path / "report"
     proc = subprocess.run([sys.executable, "-m", "evalharness", "gsm8k", "--model", str(tiny_llama), "--data",
-                           str(gsm8k_test), "--fewshot", "0", "--max-bt", "128", "--graphs", "off,on", "--out",
+                           str(gsm8k_test), "--max-bt", "128", "--graphs", "off,on", "--out",
                            str(out), "--no-progress"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     assert [line for line in lines if "CPU-sized defaults" in line] == [
-        "evalharness: no CUDA device: CPU-sized defaults --limit 10 --max-new-tokens 64 --dtype fp32 (graph modes "
-        "will be SKIPPED; give these options to override)"]
+        "evalharness: no CUDA device: CPU-sized defaults --limit 10 --prompt chat --max-new-tokens 32 --dtype fp32 "
+        "(graph modes will be SKIPPED; give these options to override)"]
     assert f"report: {out / 'report.md'}" in lines and f"report: {out / 'report.html'}" in lines
     saved = json.loads((out / "settings.json").read_text())["settings"]
-    assert (saved["limit"], saved["max_new_tokens"], saved["dtype"]) == (10, 64, "fp32")
+    assert (saved["limit"], saved["prompt"], saved["max_new_tokens"], saved["dtype"]) == (10, "chat", 32, "fp32")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n"] == 10 and summary["modes"]["off"]["verdict"] == "PASS"
     assert summary["modes"]["on"]["verdict"] == "SKIPPED"

@@ -131,3 +131,15 @@ def test_command_renders_verbatim_in_its_code_span():
         import html as html_mod
 
         assert html_mod.unescape(code) == command.replace("\n", " ")
+
+
+def test_zero_accuracy_of_the_small_default_model_is_explained():
+    from evalharness.report import accuracy_note
+
+    cells = [{"accuracy": 0.0}, {"accuracy": None}]
+    note = accuracy_note({"model": "smollm2-135m", "cells": cells})
+    assert "135M" in note and "twin" in note and "qwen2.5-coder-0.5b" in note
+    assert accuracy_note({"model": "some/model", "cells": [{"accuracy": 0.0}]}) is not None  # any model at zero
+    assert accuracy_note({"model": "qwen2.5-coder-0.5b", "cells": [{"accuracy": 0.24}]}) is None
+    md = _report("x")
+    assert "cannot solve GSM8K" not in md  # this report's model is not at zero accuracy
