@@ -26,6 +26,7 @@ common=(--model "$(dirname "$gguf")" --gguf-file "$(basename "$gguf")" "${data[@
         --cache "$out/runs" --no-progress --jobs "$jobs")
 mkdir -p "$out"
 show() {  # one line per mode from summary.json
+  [[ -f "$1/summary.json" ]] || { echo "  no $1/summary.json: see $1.log"; return; }
   python3 - "$1/summary.json" <<'EOF'
 import json, sys
 s = json.load(open(sys.argv[1]))
