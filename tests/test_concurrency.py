@@ -86,3 +86,16 @@ def test_samples_lost_outside_the_engine_are_not_cached(tmp_path):
                                             '"error": "request failed"}\n')
     atomic_write_json(tmp_path / "meta.json", {"status": "done"})
     assert not lost_outside_engine(collect(job, returncode=0, timed_out=False, wall_s=1.0))
+
+
+def test_a_damaged_cached_result_is_run_again_not_a_traceback(tmp_path):
+    from evalharness.pipeline import cached_result
+
+    job = _job(tmp_path)
+    (tmp_path / "result.json").write_text('{"key": "k", "status": "ok", "samples": [{"index": 0')  # torn by a crash
+    assert cached_result(job) is None and not (tmp_path / "result.json").exists()
+    atomic_write_json(tmp_path / "result.json", {"key": "k", "status": "ok"})  # no samples: not a result either
+    assert cached_result(job) is None
+    good = RunResult(key="k", status="ok", samples=[Sample(0, "ok", [1], "x")])
+    atomic_write_json(tmp_path / "result.json", good.to_json())
+    assert cached_result(job).samples[0].text == "x"
