@@ -153,11 +153,19 @@ def markdown(summary: dict, outcomes: list[ModeOutcome], max_examples: int = 3) 
             lines.append(f"| {r['max_bt']} | {md_escape(r['axes'])} | {r['mode']} | {md_escape(r['a'])} | "
                          f"{md_escape(r['b'])} | {_pct(r['accuracy_a'])} | {_pct(r['accuracy_b'])} | {delta} | {sps} | "
                          f"{tps} | {mem} | {r['verdict_a']} / {r['verdict_b']} |")
-    lines += ["", "## Runs", "", "| run (folder in runs/) | configuration | served | status | generated tokens | wall s |",
-              "|---|---|---|---|---:|---:|"]
+    lines += ["", "## Runs", "", "| run (folder in runs/) | configuration | served | status | generated tokens | wall s "
+              "| model load s | worker |", "|---|---|---|---|---:|---:|---:|---|"]
     for key, r in summary["runs"].items():
         lines.append(f"| {md_code(r.get('id', key))} | {md_escape(r['config'])} | {md_escape(', '.join(r['served']))} | {r['status']} | "
-                     f"{r['generated_tokens']} | {_num(r['wall_s'])} |")
+                     f"{r['generated_tokens']} | {_num(r['wall_s'])} | {_num(r.get('load_s'))} | "
+                     f"{r.get('worker_pid') or '-'} |")
+    pool = summary.get("pool")
+    if pool:  # None when every run came from the cache
+        loads = ", ".join(f"{_num(w['load_s'])} s" for w in pool["processes"] if w.get("load_s") is not None)
+        lines += ["", f"Workers: {pool['workers']} x {pool['threads_per_worker']} CPU thread(s) "
+                  f"({md_escape(pool['why'])}); {len(pool['processes'])} worker process(es), {pool['model_loads']} "
+                  f"model load(s){f' ({loads})' if loads else ''}. Wall s is the time inside generate_batch; a run "
+                  "whose worker had the model loaded already paid no load."]
     lines += ["", legend(), ""]
     return "\n".join(lines)
 
