@@ -217,7 +217,7 @@ def prepare_jobs(s: Settings, cuda: bool | None = None, model: dict | None = Non
     fingerprint = workload_fingerprint(task, model, s)
     # the hang signal is a stall (no finished request, no engine step); --timeout-s adds a limit on the total
     timeout = s.timeout_s
-    stall = default_limits(caps.cuda).stall_s
+    stall = default_limits(caps.cuda).stall_s  # x3 with --compile: a first step may compile for minutes
 
     p = Prepared(s, saved, source, task, model, plan, unsupported, probes, interpreters, caps.cuda, fingerprint,
                  timeout, out, [])
@@ -234,8 +234,8 @@ def make_job(p: Prepared, key: str, cfg, stall: float | None = None) -> Job:
     return Job(key=key, engine=cfg, model={k: v for k, v in p.model.items() if k != "label"},
                prompts=p.task.prompts, max_new_tokens=s.max_new_tokens,
                job_dir=(s.cache or p.out / "runs") / job_key, chat=s.prompt == "chat", timeout_s=p.timeout_s,
-               stall_s=stall if stall is not None else default_limits(p.cuda).stall_s, label=label, python=python,
-               pythonpath=pythonpath)
+               stall_s=(stall if stall is not None else default_limits(p.cuda).stall_s) * (3 if cfg.compile_level else 1),
+               label=label, python=python, pythonpath=pythonpath)
 
 
 def finish(p: Prepared, results: dict[str, RunResult], pool: dict | None = None) -> Evaluation:

@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 
 PROBE = "Question: Natalia sold clips to 48 of her friends in April. Answer: 48 / 2 = <<48/2=24>>24 é ü 日本 \n\t#### 72"
+# bookkeeping, not computation: where it was loaded from, the writer's version, the class name save_pretrained records
 IGNORED_CONFIG_KEYS = {"_name_or_path", "quantization_config", "transformers_version", "dtype", "torch_dtype",
-                       "_attn_implementation_autoset", "_commit_hash"}
+                       "_attn_implementation_autoset", "_commit_hash", "architectures"}
 
 
 def enabled() -> bool:
