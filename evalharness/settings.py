@@ -235,7 +235,8 @@ class Settings:
                              "or auto (as many as GPU memory and CPU cores allow: the default on CUDA; on a CPU 1, or "
                              "one per --devices entry)")
     fail_fast: bool = option("--fail-fast", False, action="store_true", suite=False,
-                             help="stop a cell's runs at its first twin mismatch (CI that needs only the verdict)")
+                             help="stop a cell's runs at its first twin mismatch: STALE_GRAPH without a "
+                             "confirmation re-run (CI that needs only the verdict)")
     devices: list[str] | None = option("--devices", parse=parse_devices, resume=True, suite=False,
                                        help="GPUs for the workers, e.g. 0,1,2,3 (one worker per device unless --jobs "
                                        "is larger, then shared round robin)")
