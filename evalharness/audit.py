@@ -146,10 +146,13 @@ class ConstantCheck:
         captured = self.captured.get((io, path, tuple(key)))
         if captured is None:  # captured before the check was installed, or by another IO: nothing to compare
             return []
-        stale = [{"key": list(key), "path": path, "step": step, "name": name, "captured": captured.get(name),
-                  "needed": value}
+        def js(v):
+            return list(v) if isinstance(v, tuple) else v
+
+        stale = [{"key": list(key), "path": path, "step": step, "name": name, "captured": js(captured.get(name)),
+                  "needed": js(value)}
                  for name, value in constants.items() if captured.get(name) != value]
-        stale += [{"key": list(key), "path": path, "step": step, "name": name, "captured": value, "needed": None}
+        stale += [{"key": list(key), "path": path, "step": step, "name": name, "captured": js(value), "needed": None}
                   for name, value in captured.items() if name not in constants]
         if stale:
             self.stale_replays += 1

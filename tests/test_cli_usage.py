@@ -74,13 +74,15 @@ def bad_inputs(tmp_path, good_data):
         "gguf file missing": (["--model", str(no_weights), "--gguf-file", "x.gguf", *data], "not found"),
         "unknown option": (["--graphs", "off", "--frobnicate", *data], "unrecognized arguments"),
         "chat with shots": (["--data", str(good_data), "--prompt", "chat", "--fewshot", "3"], "zero-shot"),
+        "unknown oracle": (["--oracle", "psychic", *data], "invalid choice: 'psychic'"),
+        "zero repeat": (["--repeat", "0", *data], "--repeat: must be a positive integer"),
     }
 
 
 CASES = ["binary data file", "data is a folder", "unreachable hub model", "negative timeout", "zero timeout",
          "zero limit", "history inside a file", "missing data file", "missing train file", "row without answer", "row not JSON", "unknown mode",
          "zero max-bt", "negative max-bt", "bad injection", "model folder missing", "model without safetensors",
-         "gguf file missing", "unknown option", "chat with shots"]
+         "gguf file missing", "unknown option", "chat with shots", "unknown oracle", "zero repeat"]
 
 
 @pytest.mark.parametrize("case", CASES)

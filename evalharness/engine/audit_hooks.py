@@ -105,7 +105,7 @@ def launch_constants(kwargs) -> dict:
 
     def add(name: str, value) -> None:
         if isinstance(value, torch.Tensor):
-            out[f"{name}.shape"] = list(value.shape)
+            out[f"{name}.shape"] = tuple(value.shape)  # a tuple: cheap to compare (audit.py lists it for JSON)
         elif isinstance(value, (bool, int, float)) or value is None:
             out[name] = value
         elif isinstance(value, dict):
