@@ -69,7 +69,8 @@ def cmd_gsm8k(args, argv) -> int:
     line = None  # what the machine's defaults chose, printed once the settings proved valid
     if getattr(args, "resume", None) is None:
         from .defaults import machine_defaults
-        from .pipeline import default_out, detect_cuda
+        from .execute import detect_cuda
+        from .plan import default_out
 
         s, line = machine_defaults(s, argv, detect_cuda())
         if s.out is None:  # decided here, so that an interrupted run can say where it is
@@ -92,19 +93,16 @@ def cmd_gsm8k(args, argv) -> int:
               f"failed={o.failed_requests}  {o.reason}")
     from .report import accuracy_note
 
-    if accuracy_note(ev.summary):
-        print(f"note: {accuracy_note(ev.summary)}")
-    for cell in ev.summary["cells"]:
+    if accuracy_note(ev.summary.doc):
+        print(f"note: {accuracy_note(ev.summary.doc)}")
+    for cell in ev.summary.doc["cells"]:
         if cell.get("worker_log"):
             print(f"{cell['id']}: worker log {cell['worker_log']}")
     print(f"report: {ev.out / 'report.md'}")
     print(f"report: {ev.out / 'report.html'}")
-    if s.history:
-        from .history import record
-
-        drifts = record(ev, s.history)[1]
-        print("\n".join(d.describe() for d in drifts) or f"history: {s.history}: first baseline")
-        return max(ev.exit_code, 1 if any(d.significant for d in drifts) else 0)
+    if ev.summary.history is not None:
+        check = ev.summary.history
+        print("\n".join(d.describe() for d in check.drifts) or f"history: {check.path}: first baseline")
     return ev.exit_code
 
 

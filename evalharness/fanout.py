@@ -13,7 +13,9 @@ from . import __version__
 from .config import EngineConfig, UsageError
 from .results import RunResult, atomic_write_json
 from .engine import Job
-from .pipeline import engine_interpreter, finish, prepare_jobs, run_job_cached
+from .execute import engine_interpreter, run_job_cached
+from .pipeline import finish
+from .plan import prepare_jobs
 from .settings import Settings, add_arguments
 from .store import FORMAT, save_settings, settings_from_json
 

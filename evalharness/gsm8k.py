@@ -77,7 +77,6 @@ class GSM8KTask:
 
     def _build(self, cfg: dict, source: DataSource, limit: int | None) -> None:
         """Load the task through lm-eval, render the prompts for the first `limit` docs, note stops and filters."""
-        self.config = cfg
         with _quiet():
             self.task = _load_task(cfg, source)
             if hasattr(self.task, "set_fewshot_seed"):
@@ -92,9 +91,6 @@ class GSM8KTask:
 
     def targets(self) -> list[str]:
         return [str(self.task.doc_to_target(inst.doc)) for inst in self.instances]
-
-    def questions(self) -> list[str]:
-        return [inst.doc.get("question", "") for inst in self.instances]
 
     def cut(self, text: str) -> str:
         """Cut a generation at the first stop string, as lm-eval's own models do with `until`."""

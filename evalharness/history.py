@@ -67,15 +67,15 @@ def lines_from_summary(summary: dict, per_sample: dict[str, list[bool]] | None =
     return out
 
 
-def lines_from_evaluation(ev, date: str | None = None) -> list[dict]:
-    """History lines for a pipeline.Evaluation (samples fingerprinted by the exact prompts and model)."""
+def lines_for_run(summary, task, out: Path, date: str | None = None) -> list[dict]:
+    """History lines for a run's summary.Summary (samples fingerprinted by the exact prompts and targets)."""
     import hashlib
 
-    blob = json.dumps({"prompts": ev.task.prompts, "targets": ev.task.targets()}, sort_keys=True, default=str)
+    blob = json.dumps({"prompts": task.prompts, "targets": task.targets()}, sort_keys=True, default=str)
     samples_id = hashlib.sha256(blob.encode()).hexdigest()[:16]
-    per_sample = {o.cell_id: list(o.per_sample) for o in ev.outcomes if o.ran}
-    run_id = f"{ev.summary.get('created')}-{ev.out.name}-{uuid.uuid4().hex[:8]}"
-    return lines_from_summary(ev.summary, per_sample, samples_id=samples_id, run_id=run_id, date=date)
+    per_sample = {o.cell_id: list(o.per_sample) for o in summary.outcomes if o.ran}
+    run_id = f"{summary.doc.get('created')}-{Path(out).name}-{uuid.uuid4().hex[:8]}"
+    return lines_from_summary(summary.doc, per_sample, samples_id=samples_id, run_id=run_id, date=date)
 
 
 def append(path: Path, lines: list[dict]) -> None:
@@ -246,31 +246,39 @@ def drift_markdown(base: list[dict] | None, drifts: list[Drift], path: Path) -> 
     return "\n".join(lines + [""])
 
 
-def record(ev, path: Path, alpha: float | None = None, min_change: float = 0.0) -> tuple[list[dict] | None,
-                                                                                        list[Drift]]:
-    """Compare an Evaluation with its baseline in `path`, append its lines, and add the drift to its reports
-    (drift.json, a section of report.md, report.html re-rendered with it)."""
-    from .results import atomic_write_json
+@dataclass(frozen=True)
+class HistoryCheck:
+    """A run against its history: the baseline run's lines (None: no earlier passing run) and one Drift per cell."""
 
+    path: Path
+    baseline: list[dict] | None
+    drifts: list[Drift]
+    alpha: float
+    min_change: float = 0.0
+
+    @property
+    def significant(self) -> bool:
+        return any(d.significant for d in self.drifts)
+
+    def to_json(self) -> dict:
+        """drift.json"""
+        return {"history": str(self.path), "alpha": self.alpha, "min_change": self.min_change,
+                "baseline_run": self.baseline[0]["run_id"] if self.baseline else None,
+                "drifts": [d.to_json() for d in self.drifts]}
+
+    def markdown(self) -> str:
+        """report.md's drift section."""
+        return drift_markdown(self.baseline, self.drifts, self.path)
+
+
+def check(summary, task, out: Path, path: Path, alpha: float = 0.05, min_change: float = 0.0) -> HistoryCheck:
+    """Compare a run's summary with its baseline in the history file `path`, then append the run's lines. The
+    reports carry the result (summary.Summary.history); nothing here writes them."""
     path = resolve_path(path)
-    alpha = ev.settings.alpha if alpha is None else alpha
-    current = lines_from_evaluation(ev)
+    current = lines_for_run(summary, task, out)
     base, drifts = compare(load(path), current, alpha, min_change)
     append(path, current)
-    atomic_write_json(ev.out / "drift.json", {"history": str(path), "alpha": alpha, "min_change": min_change,
-                                              "baseline_run": base[0]["run_id"] if base else None,
-                                              "drifts": [d.to_json() for d in drifts]})
-    report = ev.out / "report.md"
-    if report.exists():
-        with open(report, "a", encoding="utf-8") as f:
-            f.write(drift_markdown(base, drifts, path))
-    try:
-        from .html_report import write_html
-
-        write_html(ev.out / "report.html", ev.summary, ev.outcomes, drifts=drifts, baseline=base)
-    except ImportError:
-        pass
-    return base, drifts
+    return HistoryCheck(path, base, drifts, alpha, min_change)
 
 
 # ---- trend ---------------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Names are looked up in our `tasks/` first (the GSM8K variants: `evalharness_gsm8k`, `_cot`, `_chat`, `_platinum`)
 and in `--include-path` folders, then among lm-eval's own tasks (indexing those takes ~10 s). `gsm8k` is the short form of
 `evalharness_gsm8k`. A `TaskSpec` has the interface of `GSM8KTask` (prompts, until, filters, primary_filter,
-instances, targets(), questions(), score(texts), cut(text), num_fewshot, style), so the pipeline treats both alike.
+instances, targets(), score(texts), cut(text), num_fewshot, style), so the pipeline treats both alike.
 """
 
 from __future__ import annotations
@@ -168,7 +168,3 @@ class TaskSpec(GSM8KTask):
         self.primary_filter = primary_filter or hints.get("primary_filter") or self.filters[0]
         if self.primary_filter not in self.filters:
             raise UsageError(f"--filter: {self.primary_filter!r} is not one of {', '.join(self.filters)}")
-
-    def questions(self) -> list[str]:
-        return [str(inst.doc.get("question", inst.args[0])) if isinstance(inst.doc, dict) else inst.args[0]
-                for inst in self.instances]

@@ -77,13 +77,11 @@ class Sample:
     error: str | None = None
 
 
-# How a run ended. `ok`: every request finished; the others are FAIL causes, except `unsupported` (SKIPPED).
-RUN_STATUSES = ("ok", "unsupported", "failed_requests", "crash", "timeout", "error")
-
-
 @dataclass
 class RunResult:
     key: str
+    # how the run ended: ok (every request finished), or a FAIL cause (failed_requests, crash, timeout, error), or
+    # unsupported (SKIPPED)
     status: str
     samples: list[Sample]
     error_class: str | None = None

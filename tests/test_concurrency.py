@@ -13,7 +13,7 @@ import time
 from evalharness.config import EngineConfig
 from evalharness.engine import Job, collect
 from evalharness.locking import LOCK_FILE, locked
-from evalharness.pipeline import lost_outside_engine, run_job_cached
+from evalharness.execute import lost_outside_engine, run_job_cached
 from evalharness.results import RunResult, Sample, atomic_write_json
 
 
@@ -89,7 +89,7 @@ def test_samples_lost_outside_the_engine_are_not_cached(tmp_path):
 
 
 def test_a_damaged_cached_result_is_run_again_not_a_traceback(tmp_path):
-    from evalharness.pipeline import cached_result
+    from evalharness.execute import cached_result
 
     job = _job(tmp_path)
     (tmp_path / "result.json").write_text('{"key": "k", "status": "ok", "samples": [{"index": 0')  # torn by a crash

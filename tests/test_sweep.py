@@ -109,10 +109,10 @@ def baseline(tiny_llama, gsm8k_test, tmp_path_factory, cache):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fault,error_class,extra", [("abort", "sigabrt", ()),
-                                                     ("hang", "hang", ("--timeout-s", "15", "--jobs", "2"))])
+@pytest.mark.parametrize("fault,error_class,extra", [("hang", "hang", ("--timeout-s", "15", "--jobs", "2"))])
 def test_faulted_cells_fail_others_complete(baseline, tiny_llama, gsm8k_test, cache, tmp_path, fault, error_class,
                                             extra):
+    """A real worker killed at its timeout (two at once). The same with a crash: test_pipeline_fake.py."""
     out = tmp_path / "report"
     cached = {d.name: (d / "result.json").stat().st_mtime_ns for d in cache.iterdir() if (d / "result.json").exists()}
     t0 = time.monotonic()

@@ -1,0 +1,152 @@
+"""Plan: the jobs of a run, from its settings. Everything that can fail on bad input fails here, before any engine
+runs (each failure a UsageError): the injections, the task and its data, the model, the engines' probes. The result,
+`Prepared`, holds the jobs and what the later stages need (evaluate = prepare_jobs + execute.run_jobs + finish;
+fanout.py's plan/run-job/merge split them across machines).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import data as data_mod
+from . import models
+from .config import MODES, Capabilities, Plan, UsageError, axes_matrix, parse_injections, plan_runs
+from .engine import Job
+from .engine.process import default_limits
+from .execute import detect_cuda, engine_interpreter, probe_engines
+from .gsm8k import PROMPTS, GSM8KTask
+from .settings import Settings
+from .store import job_hash, settings_json
+
+
+def unsupported_modes(plan: Plan, probes: dict) -> dict[str, str]:
+    """Cells an engine cannot express at all (graphs on one path only where use_cuda_graph is a bool): SKIPPED."""
+    out = {}
+    for mp in plan.modes:
+        gv, gd = MODES[mp.mode]
+        info = probes.get(mp.engine, {})
+        if gv != gd and not info.get("tuple_graphs", True):
+            out[mp.cell_id] = (f"transformers {info.get('transformers', '?')} takes only a bool use_cuda_graph: "
+                               f"graphs on one path only ({mp.mode}) cannot be expressed")
+    return out
+
+
+def workload_fingerprint(task: GSM8KTask, model: dict, s: Settings) -> str:
+    blob = json.dumps({"prompts": task.prompts, "model": model, "max_new_tokens": s.max_new_tokens,
+                       "chat": s.prompt == "chat"}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def prepare(s: Settings, model: dict | None = None):
+    """Everything that can fail on bad input, before any engine runs (each failure is a UsageError). A given `model`
+    (as models.resolve returned it, e.g. where a plan was made) is used as is. Returns the settings as settled
+    (a --task fixes the prompt style), the data source, the task, the model and the injections."""
+    injections = parse_injections(s.inject, s.modes, list(s.engines))
+    if s.task:
+        from .lmeval_task import TaskSpec
+
+        if s.prompt != "fewshot":
+            raise UsageError("--task and --prompt: give one (the task's YAML fixes its prompt)")
+        task = TaskSpec(s.task, data=s.data, fewshot_data=s.fewshot_data, num_fewshot=s.fewshot, limit=s.limit,
+                        primary_filter=s.filter, include_path=s.include_path)
+        s = dataclasses.replace(s, prompt=task.style)  # chat tasks get the chat template, as --prompt chat does
+        model = model or models.resolve(s.model, s.gguf_file, s.dtype, s.trust_remote_code)
+        return s, task.source, task, model, injections
+    # only lm-eval's plain gsm8k samples its shots from the train split; gsm8k-cot ships its 8 exemplars
+    shots = (s.fewshot if s.fewshot is not None else PROMPTS["fewshot"][1]) if s.prompt == "fewshot" else 0
+    source = data_mod.resolve(s.data, s.fewshot_data, shots)
+    task = GSM8KTask(source, style=s.prompt, num_fewshot=s.fewshot, limit=s.limit, primary_filter=s.filter)
+    model = model or models.resolve(s.model, s.gguf_file, s.dtype, s.trust_remote_code)
+    return s, source, task, model, injections
+
+
+@dataclass
+class Prepared:
+    """Everything decided before any engine runs: the jobs, and what `finish` needs to turn their results into
+    verdicts and reports."""
+
+    settings: Settings
+    saved: dict  # the settings as given (settings.json), before prepare() filled anything in
+    source: object
+    task: GSM8KTask
+    model: dict
+    plan: Plan
+    unsupported: dict[str, str]
+    probes: dict
+    interpreters: dict[str, tuple[str, str | None]]
+    cuda: bool
+    fingerprint: str
+    timeout_s: float
+    out: Path
+    jobs: list[Job]
+
+
+def default_out() -> Path:
+    return Path("reports") / f"{time.strftime('%Y%m%d-%H%M%S')}-gsm8k"
+
+
+def ensure_writable_folder(folder: Path, flag: str) -> None:
+    """Create `folder` (and its parents) and prove a file can be written there, before any engine runs: an existing
+    file, a path inside a file or a read-only place is one usage error, not a traceback after the run."""
+    import tempfile
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{flag} {folder}: exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UsageError(f"{flag} {folder}: cannot write there ({e.strerror or e})")
+
+
+def prepare_jobs(s: Settings, cuda: bool | None = None, model: dict | None = None, probes: dict | None = None,
+                 interpreters: dict | None = None) -> Prepared:
+    """Plan the engine runs of `s` as jobs. Given `cuda`, `model`, `probes` or `interpreters` (from a plan made
+    elsewhere) are used instead of asking this machine."""
+    saved = settings_json(s)
+    s, source, task, model, injections = prepare(s, model)
+    attns = s.attns
+    caps = Capabilities(cuda=detect_cuda() if cuda is None else cuda, attn=attns[0])
+    if "torch-flash" in attns and not caps.cuda:
+        raise UsageError("--attn torch-flash needs a CUDA GPU (PyTorch's FlashAttention varlen kernel); use --attn "
+                         "sdpa on CPU")
+    interpreters = interpreters or {name: engine_interpreter(path) for name, path in s.engines.items()}
+    probes = probes or probe_engines(s.engines, interpreters)
+    plan = plan_runs(s.modes, s.max_bts, caps, injections, engines=list(s.engines),
+                     axes=axes_matrix(attns, s.asyncs, s.compiles, s.fast_paths), audit=s.audit, repeat=s.repeat,
+                     oracle=s.oracle)
+    unsupported = unsupported_modes(plan, probes)
+    needed = {k for mp in plan.modes if mp.cell_id not in unsupported for k in (*mp.graph_runs, mp.twin) if k}
+    out = s.out or default_out()
+    ensure_writable_folder(out, "--out")
+    if s.cache is not None:
+        ensure_writable_folder(s.cache, "--cache")
+    fingerprint = workload_fingerprint(task, model, s)
+    # the hang signal is a stall (no finished request, no engine step); --timeout-s adds a limit on the total
+    timeout = s.timeout_s
+    stall = default_limits(caps.cuda).stall_s  # x3 with --compile: a first step may compile for minutes
+
+    p = Prepared(s, saved, source, task, model, plan, unsupported, probes, interpreters, caps.cuda, fingerprint,
+                 timeout, out, [])
+    p.jobs = [make_job(p, key, cfg, stall) for key, cfg in plan.runs.items() if key in needed]
+    return p
+
+
+def make_job(p: Prepared, key: str, cfg, stall: float | None = None) -> Job:
+    """The job of one engine run of p's plan (its cache folder named by everything that determines its output)."""
+    s = p.settings
+    python, pythonpath = p.interpreters[cfg.engine]
+    job_key = job_hash(p.fingerprint, python, pythonpath, key, p.probes.get(cfg.engine, {}), p.model)
+    label = f"[{', '.join(p.plan.served_by(key))}] {cfg.describe()}"
+    return Job(key=key, engine=cfg, model={k: v for k, v in p.model.items() if k != "label"},
+               prompts=p.task.prompts, max_new_tokens=s.max_new_tokens,
+               job_dir=(s.cache or p.out / "runs") / job_key, chat=s.prompt == "chat", timeout_s=p.timeout_s,
+               stall_s=(stall if stall is not None else default_limits(p.cuda).stall_s) * (3 if cfg.compile_level else 1),
+               label=label, python=python, pythonpath=pythonpath)

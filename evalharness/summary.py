@@ -1,0 +1,196 @@
+"""Summarise: the scored cells of a run as one `Summary`, built once: summary.json's document, the cells' outcomes,
+the samples.jsonl rows and, with --history, the drift against the history's baseline. The writers (report.md,
+report.html, the pytest plugin's JUnit properties, the history file) only read it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Plan
+from .execute import CACHED_STATUSES
+from .gsm8k import GSM8KTask
+from .history import HistoryCheck
+from .plan import Prepared
+from .results import RunResult
+from .score import Scores
+from .settings import Settings
+from .verdict import ModeOutcome, Verdict, exit_code
+
+
+def _run_figures(r: RunResult) -> dict:
+    gen_s = r.meta.get("generate_s")
+    tokens = r.generated_tokens
+    done = sum(smp.status == "ok" for smp in r.samples)
+    return {"tokens_per_s": tokens / gen_s if gen_s else None, "samples_per_s": done / gen_s if gen_s else None,
+            "wall_s": gen_s, "peak_mem_gb": r.meta.get("peak_mem_gb"), "generated_tokens": tokens}
+
+
+def _repeats(o: ModeOutcome, plan: Plan) -> dict | None:
+    """--repeat N: how many of the mode's N runs (re-runs not counted) equal the twin."""
+    mp = next((m for m in plan.modes if m.cell_id == o.cell_id), None)
+    if mp is None or not mp.repeats:
+        return None
+    checks = [c for c in (o.confirmation.checks if o.confirmation else []) if c.role in ("run", "repeat")]
+    runs = 1 + len(mp.repeats)
+    return {"runs": runs, "matched": runs - sum(bool(c.mismatches) for c in checks)}
+
+
+def _cell(o: ModeOutcome, plan: Plan, results: dict[str, RunResult], probes: dict | None = None,
+          folders: dict[str, Path] | None = None) -> dict:
+    run = results[o.run_key] if o.ran else RunResult(key=o.run_key, status="unsupported", samples=[])
+    folders = folders or {}
+    name = lambda key: folders[key].name if key in folders else key  # noqa: E731 - the run's folder on disk
+    # the version the run reported; a run killed before it wrote its meta falls back to its engine's probe
+    version = run.meta.get("versions", {}).get("transformers") or (probes or {}).get(o.engine, {}).get("transformers")
+    served = f"served by run {name(o.run_key)}" if o.ran else "not run: this engine cannot express the mode"
+    if o.twin_key and o.ran:
+        served += f", twin run {name(o.twin_key)}" if o.twin_key != o.run_key else \
+            " (its own twin: same configuration)"
+    shared = [m for m in plan.served_by(o.run_key) if m != o.mode]
+    if shared and o.ran:
+        served += f"; run shared with {', '.join(shared)}"
+    cell = {
+        "id": o.cell_id, "engine": o.engine, "axes": o.axes,
+        "max_bt": o.max_bt, "mode": o.mode, "verdict": o.verdict, "reason": o.reason, "accuracy": o.accuracy, "finished": o.finished,
+        "accuracy_ci": list(o.accuracy_ci) if o.accuracy_ci else None, "n": o.n, "correct": o.correct,
+        "twin_mismatches": o.twin_mismatches, "twin_compared": o.twin_compared, "failed_requests": o.failed_requests,
+        "twin_failed_requests": o.twin_failed_requests, "p_value": o.p_value, "delta_vs_off": o.delta_vs_off,
+        "inject": o.inject, "error_class": o.error_class, "run": o.run_key, "twin": o.twin_key, "served_by": served,
+        "run_id": name(o.run_key) if o.ran else None, "twin_id": name(o.twin_key) if o.twin_key and o.ran else None,
+        "notes": o.notes, "transformers": version,
+        "resolved_engine": run.meta.get("resolved", {}),
+        "first_mismatches": [{"index": m.index, "token": m.position} for m in
+                             (o.comparison.mismatches[:5] if o.comparison else [])],
+        "log_tail": run.log_tail[-5:],
+        "attribution": run.meta.get("audit"),
+        "confirmation": o.confirmation.to_json() if o.confirmation else None,
+        "repeats": _repeats(o, plan),
+        "stale_constants": o.stale_constants.get("first", []) if o.stale_constants else None,
+        "stale_constants_total": o.stale_constants.get("total") if o.stale_constants else None,
+        "constant_check": {k: v for k, v in o.stale_constants.items() if k != "first"} if o.stale_constants else None,
+    }
+    cell.update({k: v for k, v in _run_figures(run).items() if k != "generated_tokens"})
+    # where a failed run's log is: the run's (or else the twin's) folder on disk
+    failed = next((k for k in (o.run_key, o.twin_key) if k and k in results and results[k].status not in
+                   CACHED_STATUSES), None)
+    cell["worker_log"] = str(folders[failed] / "worker.log") if failed in folders else None
+    return cell
+
+
+def ab_rows(outcomes: list[ModeOutcome], results: dict[str, RunResult]) -> list[dict]:
+    """Engine A/B: for every cell of the first engine, the same cell under each other engine, paired on samples."""
+    from .twin import paired_on_finished
+    from .stats import mcnemar_exact
+
+    engines = list(dict.fromkeys(o.engine for o in outcomes))
+    if len(engines) < 2:
+        return []
+    by_key = {(o.engine, o.max_bt, o.axes, o.mode): o for o in outcomes}
+    rows = []
+    for a in (o for o in outcomes if o.engine == engines[0]):
+        for other in engines[1:]:
+            b = by_key.get((other, a.max_bt, a.axes, a.mode))
+            if b is None:
+                continue
+            if a.run_key not in results or b.run_key not in results or not a.n or not b.n:
+                continue  # a cell an engine cannot express has no samples to pair
+            ra, rb = results[a.run_key], results[b.run_key]
+            fa, fb = _run_figures(ra), _run_figures(rb)
+            paired = paired_on_finished(ra, rb, a.per_sample, b.per_sample)
+
+            def change(x, y):
+                return None if not x or y is None else 100.0 * (y - x) / x
+
+            rows.append({"max_bt": a.max_bt, "axes": a.axes, "mode": a.mode, "a": a.engine, "b": b.engine,
+                         "accuracy_a": a.accuracy, "accuracy_b": b.accuracy,
+                         "delta": paired.delta if paired.n else None, "p_value": mcnemar_exact(paired.only_a,
+                                                                                              paired.only_b),
+                         "flipped_down": paired.only_a, "flipped_up": paired.only_b,
+                         "samples_per_s_a": fa["samples_per_s"], "samples_per_s_b": fb["samples_per_s"],
+                         "samples_per_s_change_pct": change(fa["samples_per_s"], fb["samples_per_s"]),
+                         "tokens_per_s_a": fa["tokens_per_s"], "tokens_per_s_b": fb["tokens_per_s"],
+                         "tokens_per_s_change_pct": change(fa["tokens_per_s"], fb["tokens_per_s"]),
+                         "peak_mem_gb_a": fa["peak_mem_gb"], "peak_mem_gb_b": fb["peak_mem_gb"],
+                         "verdict_a": a.verdict, "verdict_b": b.verdict})
+    return rows
+
+
+def build_summary(s: Settings, task: GSM8KTask, data_label: str, model: dict, plan: Plan,
+                  results: dict[str, RunResult], outcomes: list[ModeOutcome], probes: dict | None = None,
+                  folders: dict[str, Path] | None = None) -> dict:
+    cells = [_cell(o, plan, results, probes, folders) for o in outcomes]
+    modes: dict[str, dict] = {}
+    for c in cells:  # one max_bt: that cell; a sweep: the worst cell of the mode
+        if c["mode"] not in modes or Verdict(c["verdict"]).severity > Verdict(modes[c["mode"]]["verdict"]).severity:
+            modes[c["mode"]] = c
+    versions = next((r.meta["versions"] for r in results.values() if r.meta.get("versions")), {})
+    runs = {}
+    for key, cfg in plan.runs.items():
+        if key not in results:  # only needed by cells an engine cannot express
+            continue
+        r = results[key]
+        runs[key] = {"id": folders[key].name if key in (folders or {}) else key,
+                     "folder": str(folders[key]) if key in (folders or {}) else None, "config": cfg.describe(), "engine": dataclasses.asdict(cfg), "served": plan.served_by(key),
+                     "status": r.status, "error_class": r.error_class, "error": r.error,
+                     "resolved": r.meta.get("resolved", {}), "notes": r.meta.get("notes", []), **_run_figures(r),
+                     # the worker's side: its whole time on this job, the model load it paid (0: reused), which one
+                     "job_wall_s": r.meta.get("wall_s"), "load_s": r.meta.get("load_s"),
+                     "generate_s": r.meta.get("generate_s"), "worker_pid": (r.meta.get("worker") or {}).get("pid"),
+                     "attempts": r.meta.get("attempts")}
+    return {
+        "modes": modes, "cells": cells, "cells_by_id": {c["id"]: c for c in cells},
+        # each engine's path and what its probe read (versions, tuple graphs), less the raw config field list
+        "engines": {name: {"path": path, **{k: v for k, v in (probes or {}).get(name, {}).items() if k != "cb_fields"}}
+                    for name, path in s.engines.items()},
+        "ab": ab_rows(outcomes, results),
+        "max_bt": s.max_bts[0], "max_bts": s.max_bts, "model": model["label"], "data": data_label,
+        "n": len(task.prompts), "prompt": f"{s.prompt}, {task.num_fewshot}-shot", "filter": task.primary_filter,
+        "attn": s.attn, "dtype": s.dtype, "max_new_tokens": s.max_new_tokens,
+        "thresholds": {"alpha": s.alpha, "min_drop": s.min_drop}, "versions": versions, "runs": runs,
+        "command": s.command, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "exit_code": exit_code(outcomes),
+    }
+
+
+def sample_rows(task: GSM8KTask, outcomes: list[ModeOutcome], results: dict[str, RunResult],
+                scores: Scores) -> list[dict]:
+    targets = task.targets()
+    rows = []
+    for o in outcomes:
+        for key, is_twin in ((o.run_key, False), (o.twin_key, True)):
+            if key is None or not o.ran:
+                continue
+            for smp, sc in zip(results[key].samples, scores.scored[key]):
+                rows.append({"mode": o.mode, "max_bt": o.max_bt, "engine": o.engine, "axes": o.axes, "twin": is_twin,
+                             "run": key, "index": smp.index, "status": smp.status, "error": smp.error,
+                             "token_ids": smp.token_ids, "text": smp.text,
+                             "answer": sc.answers[task.primary_filter], "answers": sc.answers,
+                             "correct": scores.correct[key][smp.index], "target": targets[smp.index]})
+    return rows
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What a run found, built once; every report writer only reads it."""
+
+    doc: dict  # summary.json: the contract other tools read (see the README)
+    outcomes: list[ModeOutcome]  # one per cell, with its evidence (twin comparison, per-sample correctness)
+    samples: list[dict]  # samples.jsonl rows
+    history: HistoryCheck | None = None  # --history: the drift against the history's baseline
+
+    @property
+    def exit_code(self) -> int:
+        drift = 1 if self.history is not None and self.history.significant else 0
+        return max(exit_code(self.outcomes), drift)
+
+
+def summarise(p: Prepared, results: dict[str, RunResult], scores: Scores, pool: dict | None = None) -> Summary:
+    folders = {job.key: job.job_dir for job in p.jobs}  # run key -> its folder (named by the job hash)
+    doc = build_summary(p.settings, p.task, p.source.label, p.model, p.plan, results, scores.outcomes, p.probes,
+                        folders)
+    doc["pool"] = pool or None  # workers, threads, model loads (None when every run came from the cache)
+    return Summary(doc, scores.outcomes, sample_rows(p.task, scores.outcomes, results, scores))
