@@ -37,6 +37,15 @@ def number(name: str, kind: type = float) -> Callable[[Any], Any]:
     return _optional(parse)
 
 
+def positive_number(name: str) -> Callable[[Any], float | None]:
+    def parse(text):
+        value = number(name)(text)
+        if not value > 0 or value == float("inf"):
+            raise UsageError(f"{name}: must be a positive number of seconds, got {text!r}")
+        return value
+    return _optional(parse)
+
+
 def fraction(name: str) -> Callable[[Any], float]:
     def parse(text):
         value = number(name)(text)

@@ -11,9 +11,10 @@ metadata; nothing lists the options by hand:
 
 Adding an option is a one-place change: add a field to `Settings` with `option("--flag", RAW_DEFAULT, help=...,
 parse=...)`, where RAW_DEFAULT is what the command line gives when the flag is absent and `parse(raw)` the typed value
-(the field's default is `parse(RAW_DEFAULT)`). Say `resume=True` if it changes how jobs run but never what they
-compute, `suite=False` if accuracy suites should not set it, `path="local"` for a local file or folder (made absolute
-in settings.json, relative to the suite file in suites). Then read it as `settings.NAME` where it is needed.
+(the field's default is `parse(RAW_DEFAULT)`; parsers are in parsers.py and config.py). Say `resume=True` if it
+changes how jobs run but never what they compute, `suite=False` if accuracy suites should not set it, `path="local"`
+for a local file or folder (made absolute in settings.json, relative to the suite file in suites). Then read it as
+`settings.NAME` where it is needed.
 
 The object is frozen: a stage that settles a value (e.g. a `--task`'s prompt style) makes a new one with
 `dataclasses.replace`.
@@ -29,103 +30,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import FAULTS, ORACLES, UsageError, parse_compile, parse_devices, parse_max_bt, parse_modes, parse_switch
-
-ATTNS = ("sdpa", "eager", "torch-flash", "flash_attention_2", "flash_attention_3")
-
-
-# --- parsers: command-line text (or a suite file's value) -> the field's value ---------------------------------
-
-def _optional(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    return lambda raw: None if raw is None else convert(raw)
-
-
-def positive_int(name: str) -> Callable[[Any], int | None]:
-    def parse(text):
-        try:
-            value = int(text)
-        except (TypeError, ValueError):
-            raise UsageError(f"{name}: {text!r} is not an integer")
-        if value <= 0:
-            raise UsageError(f"{name}: must be a positive integer, got {value}")
-        return value
-    return _optional(parse)
-
-
-def number(name: str, kind: type = float) -> Callable[[Any], Any]:
-    def parse(text):
-        try:
-            return kind(text)
-        except (TypeError, ValueError):
-            raise UsageError(f"{name}: {text!r} is not {'an integer' if kind is int else 'a number'}")
-    return _optional(parse)
-
-
-def positive_number(name: str) -> Callable[[Any], float | None]:
-    def parse(text):
-        value = number(name)(text)
-        if not value > 0 or value == float("inf"):
-            raise UsageError(f"{name}: must be a positive number of seconds, got {text!r}")
-        return value
-    return _optional(parse)
-
-
-def fraction(name: str) -> Callable[[Any], float]:
-    def parse(text):
-        value = number(name)(text)
-        if not 0 < value < 1:
-            raise UsageError(f"{name} must be between 0 and 1")
-        return value
-    return parse
-
-
-def _jobs(text) -> int | str:
-    """--jobs N or auto; absent: 0 (auto on CUDA, else one per --devices entry or 1)."""
-    if text in ("auto", None):
-        return text or 0
-    return positive_int("--jobs")(text) or 0
-
-
-def parse_attns(text: str) -> list[str]:
-    attns = [a.strip() for a in str(text).split(",") if a.strip()]
-    bad = [a for a in attns if a not in ATTNS]
-    if not attns or bad:
-        raise UsageError(f"--attn: {text!r}: choose from {', '.join(ATTNS)}")
-    return list(dict.fromkeys(attns))
-
-
-def parse_engines(items: list[str]) -> dict[str, str | None]:
-    """[NAME=]PATH entries -> {name: path}; none -> this interpreter as 'default'."""
-    if not items:
-        return {"default": None}
-    out: dict[str, str | None] = {}
-    for i, item in enumerate(items):
-        name, sep, path = item.partition("=")
-        if not sep:
-            name, path = ("default" if len(items) == 1 else f"engine{i + 1}"), item
-        if not name or not path or name in out:
-            raise UsageError(f"--engine: {item!r} must be NAME=PATH with a unique NAME")
-        out[name] = path
-    return out
-
-
-def _resolved_paths(items: list[str]) -> list[str]:
-    return [str(Path(p).resolve()) for p in items]
-
-
-def _path_or_none(value) -> Path | None:
-    return None if value is None else Path(value)
-
-
-def _str_or_none(value) -> str | None:
-    return None if value is None else str(value)
-
-
-def _absolute_if_local(value) -> str | None:
-    """A local path made absolute (a resume may start elsewhere); a hub id or a missing path as given."""
-    if value and Path(value).expanduser().exists():
-        return str(Path(value).expanduser().resolve())
-    return value
-
+from .parsers import (absolute_if_local, fraction, number, parse_attns, parse_engines, parse_jobs, path_or_none,
+                      positive_int, positive_number, resolved_paths, str_or_none)
 
 # --- the option metadata ---------------------------------------------------------------------------------------
 
@@ -178,13 +84,13 @@ def options() -> dict[str, Option]:
 class Settings:
     # what to evaluate: model and data
     model: str | None = option("--model", help="local folder, hub id, or embedded GGUF model: smollm2-135m "
-                               "(default), qwen2.5-coder-0.5b, gemma3-270m", path="local", save=_absolute_if_local)
+                               "(default), qwen2.5-coder-0.5b, gemma3-270m", path="local", save=absolute_if_local)
     gguf_file: str | None = option("--gguf-file", help="GGUF file inside --model's folder", path="suite")
     data: str | None = option("--data", help="hub dataset id (default openai/gsm8k, config main, split test) or a "
                               "local JSONL/parquet file with question/answer fields", path="local",
-                              save=_absolute_if_local)
+                              save=absolute_if_local)
     fewshot_data: str | None = option("--fewshot-data", help="local file the few-shot examples come from (default: "
-                                      "train.jsonl next to --data)", path="local", save=_absolute_if_local)
+                                      "train.jsonl next to --data)", path="local", save=absolute_if_local)
     limit: int | None = option("--limit", help="first N test rows (default: all)", parse=positive_int("--limit"))
     # the run matrix
     modes: list[str] = option("--graphs", "off,on,varlen,decode", help="modes: off,on,varlen,decode",
@@ -196,7 +102,7 @@ class Settings:
     task: str | None = option("--task", help="an lm-eval generate_until task instead of --prompt: one of ours "
                               "(evalharness_gsm8k, _cot, _chat, _platinum; gsm8k is evalharness_gsm8k), one in an "
                               "--include-path folder, or any lm-eval task name")
-    include_path: list[str] = option("--include-path", [], action="append", metavar="DIR", parse=_resolved_paths,
+    include_path: list[str] = option("--include-path", [], action="append", metavar="DIR", parse=resolved_paths,
                                      suite=False, help="a folder of lm-eval task YAMLs searched for --task "
                                      "(repeatable), as lm_eval --include_path")
     fewshot: int | None = option("--fewshot", help="number of shots (default 5 for fewshot, 8 for cot)",
@@ -213,7 +119,7 @@ class Settings:
                                            suite=False, help="decode fast path axis (max_blocks_per_request): on, "
                                            "off or on,off")
     dtype: str = option("--dtype", "bf16", choices=("bf16", "fp16", "fp32", "auto"))
-    out: Path | None = option("--out", parse=_path_or_none, suite=False, save=_str_or_none, load=_path_or_none,
+    out: Path | None = option("--out", parse=path_or_none, suite=False, save=str_or_none, load=path_or_none,
                               help="report folder (default reports/<timestamp>-gsm8k/)")
     inject: list[str] = option("--inject", [], action="append", metavar="MODE=FAULT", help="inject a fault into one "
                                f"mode's worker: {', '.join(FAULTS)}")
@@ -230,7 +136,7 @@ class Settings:
                                      "finishes no request and takes no engine step for 5 min on a GPU, 10 on a CPU)")
     trust_remote_code: bool = option("--trust-remote-code", False, action="store_true",
                                      help="allow model code from the hub (off by default)")
-    jobs: int | str = option("--jobs", parse=_jobs, resume=True, suite=False,
+    jobs: int | str = option("--jobs", parse=parse_jobs, resume=True, suite=False,
                              help="workers at a time, each serving the runs of one patch set with one model load: N "
                              "or auto (as many as GPU memory and CPU cores allow: the default on CUDA; on a CPU 1, or "
                              "one per --devices entry)")
@@ -240,7 +146,7 @@ class Settings:
     devices: list[str] | None = option("--devices", parse=parse_devices, resume=True, suite=False,
                                        help="GPUs for the workers, e.g. 0,1,2,3 (one worker per device unless --jobs "
                                        "is larger, then shared round robin)")
-    cache: Path | None = option("--cache", parse=_path_or_none, suite=False, load=_path_or_none,
+    cache: Path | None = option("--cache", parse=path_or_none, suite=False, load=path_or_none,
                                 save=lambda p: None if p is None else str(Path(p).resolve()),
                                 help="engine-run cache folder (default OUT/runs); runs already there with the same "
                                 "hash are reused, so invocations can share it")
@@ -265,8 +171,8 @@ class Settings:
                                             "--target DIR transformers==5.5.4); repeat to compare engines side by "
                                             "side")
     progress: bool = option("--no-progress", True, action="store_false", resume=True, suite=False)
-    history: Path | None = option("--history", parse=_path_or_none, resume=True, suite=False, metavar="FILE",
-                                  save=_str_or_none, load=_path_or_none, help="append one line per cell to this "
+    history: Path | None = option("--history", parse=path_or_none, resume=True, suite=False, metavar="FILE",
+                                  save=str_or_none, load=path_or_none, help="append one line per cell to this "
                                   "JSONL history and report drift vs the last passing run on the same "
                                   "model/task/device (drift exits 1)")
     command: str = ""  # the command line that made these settings (not an option)
