@@ -86,7 +86,8 @@ def test_harness_task_run_matches_lm_eval_cb(lmeval_run, tmp_path):
     _, _, samples, samples_path = lmeval_run
     out = tmp_path / "report"
     cmd = [sys.executable, "-m", "evalharness", "gsm8k", "--task", TASK, "--include-path", "tests/tasks", "--fewshot", str(SHOTS), "--limit",
-           str(LIMIT), "--max-new-tokens", str(NEW), "--graphs", "off", "--out", str(out), "--no-progress"]
+           str(LIMIT), "--max-new-tokens", str(NEW), "--graphs", "off", "--out", str(out), "--no-progress",
+           "--dtype", "bf16"]  # the cb model's default dtype (the CLI's CPU default is fp32)
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
