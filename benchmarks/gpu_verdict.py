@@ -14,6 +14,7 @@ gguf_cache (what the workers reported), command, device; with --concurrent also 
 
     python benchmarks/gpu_verdict.py --model /tmp/models --gguf-file gemma-3-270m-q4_k_m.gguf \\
         --data /tmp/data/test.jsonl --attn torch-flash --out reports/h200-speed/gemma3-270m [--concurrent]
+    # or in parts that each fit a 10-minute slot: --step verdict, then --step solo, then --step concurrent
 """
 
 from __future__ import annotations
@@ -114,32 +115,44 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--python", default=sys.executable, help="interpreter that runs evalharness")
     p.add_argument("--out", type=Path, default=Path("verdict-speed"), help="folder for the runs and the JSON")
     p.add_argument("--concurrent", action="store_true", help="also two invocations at once, each against solo")
+    p.add_argument("--step", choices=("all", "verdict", "solo", "concurrent"), default="all",
+                   help="one part only (each fits a 10-minute slot): verdict writes verdict-speed.json, solo and "
+                   "concurrent add to it (same --out and settings)")
     a = p.parse_args(argv)
 
     a.out.mkdir(parents=True, exist_ok=True)
+    path = a.out / "verdict-speed.json"
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    cmd, rc, wall = verdict(a, a.out / f"verdict-{stamp}")
-    summary = json.loads((a.out / f"verdict-{stamp}" / "summary.json").read_text())
-    rows = runs_of(summary)
-    slowest = max(rows, key=lambda r: r["wall_s"] or 0.0)
-    solo_s = solo(a, slowest["key"], a.out / f"solo-{stamp}")
-    pool = summary.get("pool") or {}
-    log = (a.out / f"verdict-{stamp}.log").read_text()
-    budget = next((line for line in log.splitlines() if " worker(s) x " in line), None)
-    result = {
-        "wall_s": wall, "slowest_solo_s": solo_s, "ratio": wall / solo_s if solo_s else None,
-        "target": "wall_s <= 1.3 x slowest_solo_s, timeouts 0, model_loads <= workers",
-        "slowest_run": slowest["run"], "jobs": len(rows), "workers": pool.get("workers"),
-        "threads_per_worker": pool.get("threads_per_worker"), "model_loads": pool.get("model_loads"),
-        "timeouts": sum(r["status"] == "timeout" for r in rows), "runs": rows, "budget": budget,
-        "verdicts": {m: c["verdict"] for m, c in summary["modes"].items()}, "exit_code": rc,
-        "gguf_cache": sorted({json.dumps(json.loads((d / "result.json").read_text())["meta"].get("worker", {})
-                                         .get("gguf_cache")) for d in (a.out / f"verdict-{stamp}" / "runs").iterdir()
-                              if (d / "result.json").exists()}),
-        "status_lines": sum(1 for line in log.splitlines() if line.startswith("evalharness: status:")),
-        "command": shlex.join(cmd), "benchmark": shlex.join([sys.executable, *sys.argv]), "device": device(),
-    }
-    if a.concurrent:
+    result = json.loads(path.read_text()) if a.step in ("solo", "concurrent") and path.exists() else {}
+    if a.step in ("solo", "concurrent") and not result:
+        raise SystemExit(f"{path}: run --step verdict first")
+    if a.step in ("all", "verdict"):
+        folder = a.out / f"verdict-{stamp}"
+        cmd, rc, wall = verdict(a, folder)
+        summary = json.loads((folder / "summary.json").read_text())
+        rows = runs_of(summary)
+        slowest = max(rows, key=lambda r: r["wall_s"] or 0.0)
+        pool = summary.get("pool") or {}
+        log = (a.out / f"verdict-{stamp}.log").read_text()
+        result = {
+            "wall_s": wall, "slowest_solo_s": None, "ratio": None,
+            "target": "wall_s <= 1.3 x slowest_solo_s, timeouts 0, model_loads <= workers",
+            "slowest_run": slowest["run"], "slowest_key": slowest["key"], "slowest_job_wall_s": slowest["wall_s"],
+            "jobs": len(rows), "workers": pool.get("workers"), "threads_per_worker": pool.get("threads_per_worker"),
+            "worker_processes": len(pool.get("processes") or []), "model_loads": pool.get("model_loads"),
+            "timeouts": sum(r["status"] == "timeout" for r in rows), "runs": rows,
+            "budget": next((line for line in log.splitlines() if " worker(s) x " in line), None),
+            "verdicts": {m: c["verdict"] for m, c in summary["modes"].items()}, "exit_code": rc,
+            "gguf_cache": sorted({json.dumps(json.loads((d / "result.json").read_text())["meta"].get("worker", {})
+                                             .get("gguf_cache")) for d in (folder / "runs").iterdir()
+                                  if (d / "result.json").exists()}),
+            "status_lines": sum(1 for line in log.splitlines() if line.startswith("evalharness: status:")),
+            "command": shlex.join(cmd), "benchmark": shlex.join([sys.executable, *sys.argv]), "device": device(),
+        }
+    if a.step in ("all", "solo"):
+        result["slowest_solo_s"] = solo(a, result["slowest_key"], a.out / f"solo-{stamp}")
+        result["ratio"] = result["wall_s"] / result["slowest_solo_s"]
+    if a.step in ("all", "concurrent") and (a.concurrent or a.step == "concurrent"):
         walls: dict[str, float] = {}
 
         def one(name: str) -> None:
@@ -150,9 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             t.start()
         for t in threads:
             t.join()
-        result["concurrent"] = {"walls": walls, "ratios": {k: v / wall for k, v in walls.items()},
+        result["concurrent"] = {"walls": walls, "ratios": {k: v / result["wall_s"] for k, v in walls.items()},
                                 "target": "each <= 1.5 x wall_s (one invocation alone)"}
-    path = a.out / "verdict-speed.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k not in ("runs", "command", "benchmark")}, indent=1))
     print(f"wrote {path}")

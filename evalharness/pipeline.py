@@ -66,8 +66,14 @@ def evaluate(s: Settings, on_start=None, engine: Engine | None = None, **given) 
         while extra := reruns_needed(p.plan, results):
             jobs = [make_job(p, key, cfg) for key, cfg in extra.items()]
             p.jobs.extend(jobs)
+            more: dict = {}
             results.update(run_jobs(jobs, workers=s.jobs, devices=s.devices, progress=s.progress, cuda=p.cuda,
-                                    engine=engine))
+                                    engine=engine, report=more))
+            if more and pool:  # the re-runs' workers and model loads count too
+                pool["processes"] += more["processes"]
+                pool["model_loads"] += more["model_loads"]
+            elif more:
+                pool.update(more)
     return finish(p, results, pool=pool)
 
 
