@@ -148,7 +148,8 @@ def resolve(data: str | None, fewshot_data: str | None, num_fewshot: int) -> Dat
     files = {"test": str(test.resolve())}
     fewshot_split = None
     if num_fewshot > 0:
-        shots = Path(fewshot_data).expanduser() if fewshot_data else test.with_name("train" + "".join(split_suffix(test)))
+        neighbour = test.with_name("train" + "".join(split_suffix(test)))  # train.jsonl.xz next to test.jsonl.xz
+        shots = Path(fewshot_data).expanduser() if fewshot_data else neighbour
         if shots.is_dir():
             raise UsageError(f"--fewshot-data {shots}: is a folder; give a .jsonl or .parquet file")
         if not shots.is_file():

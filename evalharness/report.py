@@ -156,7 +156,8 @@ def markdown(summary: dict, outcomes: list[ModeOutcome], max_examples: int = 3) 
     lines += ["", "## Runs", "", "| run (folder in runs/) | configuration | served | status | generated tokens | wall s "
               "| model load s | worker |", "|---|---|---|---|---:|---:|---:|---|"]
     for key, r in summary["runs"].items():
-        lines.append(f"| {md_code(r.get('id', key))} | {md_escape(r['config'])} | {md_escape(', '.join(r['served']))} | {r['status']} | "
+        lines.append(f"| {md_code(r.get('id', key))} | {md_escape(r['config'])} | "
+                     f"{md_escape(', '.join(r['served']))} | {r['status']} | "
                      f"{r['generated_tokens']} | {_num(r['wall_s'])} | {_num(r.get('load_s'))} | "
                      f"{r.get('worker_pid') or '-'} |")
     pool = summary.get("pool")
