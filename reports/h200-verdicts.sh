@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU evidence for issues 14 (confirmed verdicts) and 18 (stale-constant check), one invocation per scenario. Usage:
 #   reports/h200-verdicts.sh SCENARIO MODEL DATA_DIR OUT_DIR LIMIT [TF554_DIR]
-# MODEL: an embedded model name (gemma3-270m, qwen2.5-coder-0.5b) or a local folder. DATA_DIR holds GSM8K's
+# MODEL: an embedded model name (gemma3-270m, qwen2.5-coder-0.5b) or a local folder (GGUF=FILE in the environment
+# adds --gguf-file FILE, as reports/h200-evidence.sh's GGUF_FILE). DATA_DIR holds GSM8K's
 # test.jsonl and train.jsonl. TF554_DIR (scenario tf554 only): `pip install --target DIR transformers==5.5.4`.
 # SCENARIO:
 #   pre45323   pre45323 injected into varlen: STALE_GRAPH confirmed by a re-run, with stale_constants naming
@@ -14,7 +15,7 @@
 set -uo pipefail
 scenario=${1:?SCENARIO} model=${2:?MODEL} data=${3:?DATA_DIR} out=${4:?OUT_DIR} limit=${5:?LIMIT} tf554=${6:-}
 common=(--model "$model" --data "$data/test.jsonl" --fewshot-data "$data/train.jsonl" --limit "$limit"
-        --prompt fewshot --fewshot 8 --attn torch-flash --dtype bf16 --no-progress)
+        --prompt fewshot --fewshot 8 --attn torch-flash --dtype bf16 --no-progress ${GGUF:+--gguf-file "$GGUF"})
 mkdir -p "$out"
 show() {  # per cell: verdict, confirmation, stale constants
   python3 - "$1/summary.json" <<'PY'
