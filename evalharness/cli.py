@@ -107,14 +107,14 @@ def cmd_gsm8k(args, argv) -> int:
 
 
 def cmd_history(args, argv) -> int:
-    from . import history
+    from . import history, trend
 
     lines = history.load(args.file)
     if not lines:
         raise UsageError(f"history: no runs recorded in {history.resolve_path(args.file)}")
-    print(history.render_trend(lines, model=args.model, device=args.device))
+    print(trend.render_trend(lines, model=args.model, device=args.device))
     if args.plot:
-        print(f"plot: {history.plot_trend(lines, args.plot, model=args.model, device=args.device)}")
+        print(f"plot: {trend.plot_trend(lines, args.plot, model=args.model, device=args.device)}")
     return 0
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from test_accuracy_html import make_outcomes, make_summary
 
-from evalharness.history import trend_figure
+from evalharness.trend import trend_figure
 from evalharness.html_report import build_figures
 
 
@@ -55,7 +55,7 @@ def test_drawing_leaves_the_matplotlib_backend_alone():
     code = ("import matplotlib; matplotlib.use('pdf')\n"
             "from test_accuracy_html import make_outcomes, make_summary\n"
             "from evalharness.html_report import figures\n"
-            "from evalharness.history import trend_figure\n"
+            "from evalharness.trend import trend_figure\n"
             "figures(make_summary(make_outcomes())); trend_figure([])\n"
             "import matplotlib.pyplot as plt\n"
             "print(matplotlib.get_backend(), len(plt.get_fignums()))\n")
