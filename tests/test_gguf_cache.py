@@ -28,6 +28,13 @@ def test_differences_finds_a_single_flipped_bit_a_config_change_and_nothing_in_a
     c, tok_c = load()
     c.config.rope_theta = 1.0
     assert any(d.startswith("config rope") for d in differences(a, c, tok_a, tok_c))
+    # 0-dim buffers (Gemma 3 has scalar ones) are compared too, bit for bit, without failing to view them as bytes
+    d, tok_d = load()
+    a.register_buffer("scalar", torch.tensor(2.0, dtype=torch.bfloat16))
+    d.register_buffer("scalar", torch.tensor(2.0, dtype=torch.bfloat16))
+    assert differences(a, d, tok_a, tok_d) == []
+    d.scalar.fill_(2.015625)  # one bf16 step
+    assert differences(a, d, tok_a, tok_d) == ["scalar: values differ"]
 
 
 @pytest.mark.slow

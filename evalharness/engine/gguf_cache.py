@@ -103,7 +103,8 @@ def differences(a, b, tok_a, tok_b) -> list[str]:
         x, y = sa[name].detach().cpu(), sb[name].detach().cpu()
         if x.dtype != y.dtype or x.shape != y.shape:
             out.append(f"{name}: {x.dtype}{tuple(x.shape)} vs {y.dtype}{tuple(y.shape)}")
-        elif not torch.equal(x.contiguous().view(torch.uint8), y.contiguous().view(torch.uint8)):
+        # compared as raw bytes (reshape first: a 0-dim tensor, e.g. Gemma 3's scalar buffers, has no byte view)
+        elif not torch.equal(x.contiguous().reshape(-1).view(torch.uint8), y.contiguous().reshape(-1).view(torch.uint8)):
             out.append(f"{name}: values differ")
     ca = {k: v for k, v in a.config.to_dict().items() if k not in IGNORED_CONFIG_KEYS}
     cb = {k: v for k, v in b.config.to_dict().items() if k not in IGNORED_CONFIG_KEYS}
@@ -140,18 +141,24 @@ def load(model: dict, attn: str, dtype, dtype_name: str):
                                                   trust_remote_code=remote)
         return lm, tok
 
+    def from_gguf():
+        tok = AutoTokenizer.from_pretrained(model["path"], gguf_file=model["gguf_file"], trust_remote_code=remote)
+        lm = AutoModelForCausalLM.from_pretrained(model["path"], dtype=dtype, attn_implementation=attn,
+                                                  **_gguf_kwargs(model))
+        return lm, tok
+
     refused = entry.with_name(entry.name + ".refused.json")
     if (entry / "verified.json").is_file():
         return (*from_entry(), {**info, "hit": True})
+    if refused.is_file():  # a refused copy is not retried: load the GGUF without queueing on the lock
+        return (*from_gguf(), {**info, "hit": False, "refused": json.loads(refused.read_text())["why"]})
     entry.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(entry.with_name(entry.name + ".lock"))):
         if (entry / "verified.json").is_file():  # another worker built it while this one waited
             return (*from_entry(), {**info, "hit": True})
-        kwargs = _gguf_kwargs(model)
-        tok = AutoTokenizer.from_pretrained(model["path"], gguf_file=model["gguf_file"], trust_remote_code=remote)
-        lm = AutoModelForCausalLM.from_pretrained(model["path"], dtype=dtype, attn_implementation=attn, **kwargs)
-        if refused.is_file():
-            return lm, tok, {**info, "hit": False, "refused": json.loads(refused.read_text())["why"]}
+        if refused.is_file():  # another worker refused it while this one waited
+            return (*from_gguf(), {**info, "hit": False, "refused": json.loads(refused.read_text())["why"]})
+        lm, tok = from_gguf()
         t0 = time.perf_counter()
         tmp = entry.with_name(f"{entry.name}.{os.getpid()}.partial")
         shutil.rmtree(tmp, ignore_errors=True)
