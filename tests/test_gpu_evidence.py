@@ -1,4 +1,4 @@
-"""The committed H200 evidence (reports/h200-positive-controls/) is what the recorded tokens say.
+"""The committed H200 evidence (reports/h200-positive-controls/, reports/h200-decode/) is what the recorded tokens say.
 
 Each folder holds the tool's summary.json and the per-sample log it wrote on the GPU (samples.jsonl.xz: every
 graph run, twin and reference, with token ids and text). These tests rebuild the runs from that log and re-derive,
@@ -19,14 +19,20 @@ from evalharness.twin import compare_twin, paired_on_finished
 from evalharness.results import RunResult, Sample
 from evalharness.stats import mcnemar_exact
 
-EVIDENCE = Path(__file__).resolve().parents[1] / "reports" / "h200-positive-controls"
-FOLDERS = sorted(p.parent.name for p in EVIDENCE.glob("*/samples.jsonl.xz"))
+REPORTS = Path(__file__).resolve().parents[1] / "reports"
+EVIDENCE = REPORTS / "h200-positive-controls"
+# every recording: folder -> the workload it was run with (questions, max_bt)
+WORKLOADS = {"h200-positive-controls": (600, 384), "h200-decode": (128, 384)}
+FOLDERS = sorted(f"{p.parent.parent.name}/{p.parent.name}" for root in WORKLOADS
+                 for p in (REPORTS / root).glob("*/samples.jsonl.xz"))
 
 
 def load(folder: str) -> tuple[dict, dict[tuple, RunResult], dict[tuple, list[dict]]]:
-    summary = json.loads((EVIDENCE / folder / "summary.json").read_text())
+    """`folder`: ROOT/SCENARIO under reports/ (a bare SCENARIO is one of the positive controls)."""
+    path = REPORTS / folder if "/" in folder else EVIDENCE / folder
+    summary = json.loads((path / "summary.json").read_text())
     rows = defaultdict(list)
-    with lzma.open(EVIDENCE / folder / "samples.jsonl.xz", "rt", encoding="utf-8") as f:
+    with lzma.open(path / "samples.jsonl.xz", "rt", encoding="utf-8") as f:
         for line in f:
             r = json.loads(line)
             rows[(r.get("engine"), r["max_bt"], r["mode"], r["twin"])].append(r)
@@ -37,13 +43,14 @@ def load(folder: str) -> tuple[dict, dict[tuple, RunResult], dict[tuple, list[di
 
 
 def test_every_recorded_scenario_is_checked():
-    assert {"clean", "pre45323", "transformers-5.5.4", "coarse-key"} <= set(FOLDERS)
+    assert {f"h200-positive-controls/{s}" for s in ("clean", "pre45323", "transformers-5.5.4", "coarse-key")} | \
+        {f"h200-decode/{s}" for s in ("clean", "pre45323", "decode-coarse")} <= set(FOLDERS)
 
 
 @pytest.mark.parametrize("folder", FOLDERS)
 def test_cells_follow_from_the_recorded_tokens(folder):
     summary, runs, rows = load(folder)
-    assert summary["n"] == 600 and summary["max_bt"] == 384
+    assert (summary["n"], summary["max_bt"]) == WORKLOADS[folder.split("/")[0]]
     for cell in summary["cells"]:
         key = (cell.get("engine"), cell["max_bt"], cell["mode"])
         run, samples = runs[(*key, False)], rows[(*key, False)]
@@ -69,6 +76,53 @@ def test_cells_follow_from_the_recorded_tokens(folder):
             assert cell["twin_mismatches"] == 0 and failed == 0
         if cell["verdict"] == "FAIL":
             assert failed > 0 or cell["twin_failed_requests"]
+        # a confirmed STALE_GRAPH: its first run's recorded mismatches are the ones the twin comparison finds here
+        confirmation = cell.get("confirmation")
+        if confirmation:
+            first = confirmation["runs"][0]
+            assert first["attempt"] == 0 and first["compared"] == cell["twin_compared"]
+            assert first["mismatches"] == cell["twin_mismatches"]
+            n = len(first["first_mismatches"])
+            assert n and [[m["index"], m["token"]] for m in first["first_mismatches"]] == \
+                   [[m["index"], m["token"]] for m in cell["first_mismatches"][:n]]
+
+
+def _modes(folder: str) -> dict:
+    return load(folder)[0]["modes"]
+
+
+def test_decode_graphs_are_real_and_clean_runs_replay_their_twins():
+    """--attn torch-flash's decode fast path: `decode` and `on` captured decode graphs, `varlen` none, and every clean
+    graph run equals its padded-eager twin with no launch constant changed at any replay."""
+    modes = _modes("h200-decode/clean")
+    for mode in ("on", "varlen", "decode"):
+        cell = modes[mode]
+        graphs = cell["resolved_engine"]["graphs_captured"]
+        assert (graphs["decode"] > 0) == (mode in ("on", "decode")) and (graphs["varlen"] > 0) == (mode != "decode")
+        assert cell["verdict"] == "PASS" and cell["twin_mismatches"] == 0 and cell["stale_constants_total"] == 0
+        assert cell["constant_check"]["replays_checked"] > 0
+
+
+def test_pre45323_is_caught_on_varlen_graphs_and_the_decode_escape_hatch_passes():
+    """pre-#45323 injected into every mode: the varlen graphs replay stale max_seqlen_q/k (confirmed by a re-run, and
+    named by the constant check), while decode-only graphs (use_cuda_graph=(False, True)) stay exact."""
+    modes = _modes("h200-decode/pre45323")
+    for mode in ("on", "varlen"):
+        cell = modes[mode]
+        assert cell["verdict"] == "STALE_GRAPH" and cell["confirmation"]["status"] == "confirmed"
+        assert {"max_seqlen_q", "max_seqlen_k"} <= set(cell["constant_check"]["names"])
+        assert {"max_seqlen_q"} <= {f["name"].split("[")[0] for f in cell["stale_constants"]}
+    decode = modes["decode"]
+    assert decode["verdict"] == "PASS" and decode["twin_mismatches"] == 0
+    assert decode["resolved_engine"]["graphs_captured"]["decode"] > 0 and decode["stale_constants_total"] == 0
+
+
+def test_the_decode_path_positive_control_is_flagged_on_decode_and_on_only():
+    modes = _modes("h200-decode/decode-coarse")
+    assert modes["varlen"]["verdict"] == "PASS" and modes["varlen"]["twin_mismatches"] == 0
+    for mode in ("on", "decode"):
+        assert modes[mode]["verdict"] == "STALE_GRAPH" and modes[mode]["confirmation"]["status"] == "confirmed"
+        assert modes[mode]["twin_mismatches"] > 0
 
 
 def test_recorded_correctness_is_lm_evals_scoring(gsm8k_test):

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# This session's H200 evidence, one scenario per argument, run from the repository root on the device after
+# .gpu/unpack.sh put the models in /tmp/g/models, GSM8K in /tmp/g/data, wheels in /tmp/site, 5.5.4 in /tmp/tf554.
+#   reports/h200-session.sh OUT_DIR SCENARIO...
+# Every scenario writes OUT_DIR/NAME/ (summary.json, report.md, report.html, samples.jsonl) and OUT_DIR/NAME.log;
+# scenarios share OUT_DIR/runs (a run two scenarios need is computed once). LIMIT (default 128) questions, 8-shot.
+set -uo pipefail
+out=${1:?OUT_DIR}; shift
+export PYTHONPATH=$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH} HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+limit=${LIMIT:-128}
+smol=(--model /tmp/g/models --gguf-file SmolLM2-135M-Instruct.Q4_1.gguf)
+gemma=(--model /tmp/g/models --gguf-file gemma-3-270m-q4_k_m.gguf)
+data=(--data /tmp/g/data/test.jsonl --fewshot-data /tmp/g/data/train.jsonl)
+plat=(--data /tmp/g/data/platinum_test.jsonl)
+common=(--limit "$limit" --prompt fewshot --fewshot 8 --attn torch-flash --dtype bf16 --max-new-tokens 256
+        --no-progress --cache "$out/runs")
+mkdir -p "$out"
+eh() { local name=$1; shift
+       echo "== $(date -u +%T) $name: evalharness gsm8k ${common[*]} $* --out $out/$name"
+       local t0=$SECONDS
+       timeout "${SCEN_TIMEOUT:-590}" python3 -m evalharness gsm8k "${common[@]}" "$@" --out "$out/$name" > "$out/$name.log" 2>&1
+       echo "== $name exit code $? in $((SECONDS - t0)) s"
+       grep -E "^(\[[^]]*\] )?max_bt=|^pool|^jobs|^workers" "$out/$name.log" | cut -c1-300; }
+for s in "$@"; do
+  case $s in
+    gpu-tests)   timeout 300 python3 -m pytest -q -m gpu tests/test_gpu.py -rA -p no:cacheprovider > "$out/gpu-tests.log" 2>&1
+                 echo "== gpu-tests exit $?"; tail -15 "$out/gpu-tests.log" ;;
+    # issue 15 (SmolLM2: full attention, decode fast path through torch-flash's paged decode kernel)
+    smol-clean)  eh smol-clean "${smol[@]}" "${data[@]}" --max-bt 384 --graphs off,on,varlen,decode ;;
+    smol-pre)    eh smol-pre45323 "${smol[@]}" "${data[@]}" --max-bt 384 --graphs off,on,varlen,decode \
+                   --inject on=pre45323 --inject varlen=pre45323 --inject decode=pre45323 ;;
+    smol-dcoarse) eh smol-decode-coarse "${smol[@]}" "${data[@]}" --max-bt 384 --graphs off,on,varlen,decode \
+                   --inject on=decode-coarse --inject decode=decode-coarse ;;
+    # issues 14/18: repeatability (several max_bt, GPU shared by the scenario's workers), transformers 5.5.4
+    smol-repeat) eh smol-repeat "${smol[@]}" "${data[@]}" --max-bt 256,512,768 --graphs off,on,varlen ;;
+    smol-tf554)  eh smol-tf554 "${smol[@]}" "${data[@]}" --max-bt 384 --graphs off,on --engine old=/tmp/tf554 ;;
+    gemma-repeat) eh gemma-repeat "${gemma[@]}" "${plat[@]}" --max-bt 256,384,512 --graphs off,on,varlen ;;
+    gemma-pre)   eh gemma-pre45323 "${gemma[@]}" "${plat[@]}" --max-bt 384 --graphs off,varlen --inject varlen=pre45323 ;;
+    gemma-oracle) eh gemma-oracle-constants "${gemma[@]}" "${plat[@]}" --max-bt 384 --graphs off,on,varlen,decode \
+                   --oracle constants --cache "$out/runs-oracle" ;;
+    # issue 16
+    sweep-ab)    eh sweep-ab "${smol[@]}" "${data[@]}" --max-bt 128:1024:128 --graphs off,on,varlen,decode \
+                   --inject main:varlen=pre45323 --engine main=python3 --engine old=/tmp/tf554 ;;
+    audit-pre)   eh audit-pre45323 "${smol[@]}" "${data[@]}" --max-bt 384 --graphs off,varlen --inject varlen=pre45323 --audit ;;
+    audit-clean) eh audit-clean "${smol[@]}" "${data[@]}" --max-bt 384 --graphs off,varlen --audit ;;
+    *) echo "unknown scenario $s" >&2 ;;
+  esac
+done
