@@ -48,7 +48,7 @@ def settings_args(a) -> list[str]:
     out = ["--model", a.model, "--graphs", MODES, "--max-bt", str(a.max_bt), "--max-new-tokens",
            str(a.max_new_tokens), "--attn", a.attn, "--dtype", a.dtype, "--prompt", a.prompt]
     for flag, value in (("--gguf-file", a.gguf_file), ("--data", a.data), ("--limit", a.limit),
-                        ("--fewshot", a.fewshot)):
+                        ("--fewshot", a.fewshot), ("--oracle", a.oracle)):
         if value is not None:
             out += [flag, str(value)]
     return out
@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--attn", default="sdpa")
     p.add_argument("--dtype", default="bf16")
     p.add_argument("--jobs", help="--jobs for the verdicts (default: the harness's own, auto on CUDA)")
+    p.add_argument("--oracle", choices=("twin", "constants", "both"),
+                   help="--oracle for the verdicts: time `constants` (no twins) against the default twin oracle")
     p.add_argument("--python", default=sys.executable, help="interpreter that runs evalharness")
     p.add_argument("--out", type=Path, default=Path("verdict-speed"), help="folder for the runs and the JSON")
     p.add_argument("--concurrent", action="store_true", help="also two invocations at once, each against solo")

@@ -38,6 +38,17 @@ for s in "$@"; do
     gemma-pre)   eh gemma-pre45323 "${gemma[@]}" "${plat[@]}" --max-bt 384 --graphs off,varlen --inject varlen=pre45323 ;;
     gemma-oracle) eh gemma-oracle-constants "${gemma[@]}" "${plat[@]}" --max-bt 384 --graphs off,on,varlen,decode \
                    --oracle constants --cache "$out/runs-oracle" ;;
+    # issue 12 (and issue 18's oracle timing): one full verdict timed, its slowest run alone, two at once
+    speed-verdict|speed-solo|speed-concurrent)
+                 timeout "${SCEN_TIMEOUT:-590}" python3 benchmarks/gpu_verdict.py "${gemma[@]}" "${plat[@]}" \
+                   --limit "${SPEED_LIMIT:-300}" --prompt cot --max-new-tokens 256 --max-bt 384 --attn torch-flash \
+                   --out "$out/h200-speed/gemma3-270m" --step "${s#speed-}" > "$out/$s.log" 2>&1
+                 echo "== $s exit $?"; tail -5 "$out/$s.log" ;;
+    speed-oracle) timeout "${SCEN_TIMEOUT:-590}" python3 benchmarks/gpu_verdict.py "${gemma[@]}" "${plat[@]}" \
+                   --limit "${SPEED_LIMIT:-300}" --prompt cot --max-new-tokens 256 --max-bt 384 --attn torch-flash \
+                   --oracle constants --out "$out/h200-speed/gemma3-270m-oracle-constants" --step verdict \
+                   > "$out/$s.log" 2>&1
+                 echo "== $s exit $?"; tail -5 "$out/$s.log" ;;
     # issue 16
     sweep-ab)    eh sweep-ab "${smol[@]}" "${data[@]}" --max-bt 128:1024:128 --graphs off,on,varlen,decode \
                    --inject main:varlen=pre45323 --engine main=python3 --engine old=/tmp/tf554 ;;
