@@ -1,13 +1,8 @@
 """pytest plugin (entry point `pytest11`): accuracy suites as test items.
 
-A suite file is `accuracy.toml` (or `NAME.accuracy.toml`), or the `[tool.evalharness.accuracy]` table of the
-rootdir's pyproject.toml. It holds optional `[defaults]` and one or more `[[suite]]` tables (in pyproject:
-`[tool.evalharness.accuracy.defaults]`, `[[tool.evalharness.accuracy.suite]]`); a table without `suite` is itself one
-suite. Keys (see `SUITE_KEYS`): name, gpu, markers, and the `evalharness gsm8k` options that suites may set, named as
-the flag without dashes (`settings.suite_keys()`: model, gguf_file, data, fewshot_data, task, limit, graphs, max_bt,
-prompt, fewshot, max_new_tokens, attn, dtype, alpha, min_drop, filter, inject, timeout_s, trust_remote_code); a
-list stands for a comma list. Relative paths resolve against the suite file's folder; `${VAR}` expands from the
-environment.
+Suite files (`accuracy.toml`, `NAME.accuracy.toml`, or the `[tool.evalharness.accuracy]` table of the rootdir's
+pyproject.toml) are read and validated by accuracy_suites.py; each cell's failure message and JUnit properties come
+from accuracy_outcome.py.
 
 Every (max_bt, mode) cell (per attention backend when `attn` is a list) is one item, marked `accuracy` (and `gpu`
 for suites with `gpu = true`, whose items skip with the reason where CUDA is unavailable). The suite's evaluation
@@ -21,42 +16,24 @@ environment where evalharness is installed) it registers no marker and parses no
 collected only when asked for: `-m` mentioning `accuracy`, `--accuracy`, or a suite file argument. A plain `pytest`
 run never parses a suite file and never imports torch through this plugin.
 
-Skips are reported at the item (the suite file), not at this module. With `--junitxml`, each item's verdict and
-evidence are testsuite-level properties named `<item nodeid>::<key>` under the default junit_family xunit2 (whose
-schema has no per-testcase properties, so xunit2 readers drop those), and testcase properties under xunit1/legacy.
+Skips are reported at the item (the suite file), not at this module.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
-from . import settings
-
-SUITE_FILE = "accuracy.toml"
-SUITE_KEYS = {"name", "gpu", "markers", *settings.suite_keys()}
-PATH_KEYS = tuple(settings.suite_path_keys())
+from .accuracy_outcome import add_properties, failure_message, record_outcome
+from .accuracy_suites import (SUITE_FILE, SuiteError, is_suite_file, listify, load_suites, project_table,
+                              pyproject_table, suite_settings)
 
 _requested = pytest.StashKey[bool]()
 _active = pytest.StashKey[bool]()
 _suites = pytest.StashKey[list]()
 _cuda = pytest.StashKey[bool]()
-
-
-def _toml():
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover
-        import tomli as tomllib
-    return tomllib
-
-
-class SuiteError(Exception):
-    """A bad suite file: shown as one line at collection."""
 
 
 def pytest_addoption(parser):
@@ -71,20 +48,16 @@ def pytest_addoption(parser):
                          "engine runs already there are reused")
 
 
-def _is_suite_file(name: str) -> bool:
-    return name == SUITE_FILE or name.endswith("." + SUITE_FILE)
-
-
 def opted_in(config) -> bool:
     """The project asks for this plugin: [tool.evalharness] in the rootdir's pyproject.toml, --accuracy=FILE, or a
     suite file among the arguments."""
     if config.getoption("accuracy", None) or any(_is_suite_name_arg(a) for a in config.args):
         return True
-    return _project_table(Path(config.rootpath) / "pyproject.toml") is not None
+    return project_table(Path(config.rootpath) / "pyproject.toml") is not None
 
 
 def _is_suite_name_arg(arg: str) -> bool:
-    return _is_suite_file(Path(arg.split("::")[0]).name)
+    return is_suite_file(Path(arg.split("::")[0]).name)
 
 
 def pytest_configure(config):
@@ -116,23 +89,9 @@ def pytest_configure(config):
     for candidate in (root / SUITE_FILE, root / "pyproject.toml"):
         if not candidate.is_file() or any(candidate == g or g in candidate.parents for g in given):
             continue
-        if candidate.name == "pyproject.toml" and not _pyproject_table(candidate):
+        if candidate.name == "pyproject.toml" and not pyproject_table(candidate):
             continue
         config.args.append(str(candidate))
-
-
-def _project_table(path: Path) -> dict | None:
-    """The [tool.evalharness] table of a pyproject.toml (None when absent or unreadable)."""
-    try:
-        data = _toml().loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    table = data.get("tool", {}).get("evalharness")
-    return table if isinstance(table, dict) else None
-
-
-def _pyproject_table(path: Path) -> dict | None:
-    return (_project_table(path) or {}).get("accuracy")
 
 
 def _explicit(config, path: Path) -> bool:
@@ -141,7 +100,7 @@ def _explicit(config, path: Path) -> bool:
 
 def pytest_collect_file(file_path: Path, parent):
     name = file_path.name
-    if not _is_suite_file(name) and name != "pyproject.toml":
+    if not is_suite_file(name) and name != "pyproject.toml":
         return None
     config = parent.config
     if not config.stash.get(_active, False):
@@ -149,65 +108,9 @@ def pytest_collect_file(file_path: Path, parent):
     if not (config.stash.get(_requested, False) or _explicit(config, file_path)):
         return None
     if name == "pyproject.toml" and ((file_path.parent != Path(config.rootpath) and not _explicit(config, file_path))
-                                     or _pyproject_table(file_path) is None):
+                                     or pyproject_table(file_path) is None):
         return None  # only the rootdir's pyproject.toml (or one given as an argument) holds a suite
     return AccuracyFile.from_parent(parent, path=file_path)
-
-
-def _listify(value) -> list:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def _expand(value):
-    if isinstance(value, str):
-        return os.path.expandvars(value)
-    if isinstance(value, list):
-        return [_expand(v) for v in value]
-    return value
-
-
-def load_suites(path: Path) -> list[dict]:
-    """Suite tables from a suite file, defaults merged, validated (SuiteError on a bad file)."""
-    try:
-        data = _toml().loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise SuiteError(f"{path}: cannot read suite file: {e}")
-    if path.name == "pyproject.toml":
-        data = data.get("tool", {}).get("evalharness", {}).get("accuracy") or {}
-    defaults = data.get("defaults", {})
-    tables = data.get("suite")
-    if tables is None:
-        tables = [{k: v for k, v in data.items() if k != "defaults"}]
-    if isinstance(tables, dict):
-        tables = [tables]
-    suites, names = [], set()
-    for i, table in enumerate(tables):
-        suite = {**defaults, **table}
-        unknown = set(suite) - SUITE_KEYS
-        if unknown:
-            raise SuiteError(f"{path}: suite {i + 1}: unknown key(s) {', '.join(sorted(unknown))} (known: "
-                             f"{', '.join(sorted(SUITE_KEYS))})")
-        suite = {k: _expand(v) for k, v in suite.items()}
-        suite.setdefault("name", "accuracy" if len(tables) == 1 else f"suite{i + 1}")
-        if suite["name"] in names:
-            raise SuiteError(f"{path}: suite name {suite['name']!r} is used twice")
-        names.add(suite["name"])
-        for key in PATH_KEYS:
-            value = suite.get(key)
-            if isinstance(value, str) and not Path(value).is_absolute() and (
-                    (path.parent / value).exists() or value.startswith(("./", "../"))):
-                suite[key] = str((path.parent / value).resolve())
-        suites.append(suite)
-    return suites
-
-
-def suite_settings(suite: dict, out: Path | None = None, command: str = ""):
-    """The pipeline Settings for a suite (UsageError on bad values, as the CLI would give)."""
-    return settings.from_suite(suite, out=out, progress=False, command=command)
 
 
 class AccuracyFile(pytest.File):
@@ -245,7 +148,7 @@ class AccuracySuite(pytest.Collector):
                     item.add_marker(pytest.mark.accuracy)
                     if self.suite.get("gpu"):
                         item.add_marker(pytest.mark.gpu)
-                    for marker in _listify(self.suite.get("markers")):
+                    for marker in listify(self.suite.get("markers")):
                         item.add_marker(getattr(pytest.mark, marker))
                     yield item
 
@@ -302,77 +205,6 @@ class SuiteRunError(Exception):
 class AccuracyFinding(Exception):
     """A cell whose verdict is a finding: the message is the verdict with its evidence."""
 
-
-def _snippet(text: str, char: int, width: int = 60) -> str:
-    lo = max(0, char - width)
-    return ("…" if lo else "") + text[lo:char + width]
-
-
-def failure_message(o, report_dir: Path | None = None) -> str:
-    lines = [f"{o.verdict}: mode {o.mode} at max_bt={o.max_bt} ({o.axes or 'default axes'}): {o.reason}"]
-    ci = o.accuracy_ci
-    finished = o.n if o.finished is None else o.finished
-    acc = ("accuracy n/a (no sample finished)" if o.accuracy is None else
-           f"accuracy {o.accuracy:.3f} ({o.correct}/{finished}" + (f" finished of {o.n}" if finished != o.n else "")
-           + (f", 95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ")"))
-    if o.delta_vs_off is not None:
-        acc += f"; delta vs off {o.delta_vs_off:+.3f}, McNemar p={o.p_value:.3g}"
-    lines.append("  " + acc)
-    if o.twin_mismatches is not None:
-        lines.append(f"  twin mismatches: {o.twin_mismatches}/{o.twin_compared} samples differ from the padded-eager "
-                     "twin")
-    if o.failed_requests or o.twin_failed_requests:
-        lines.append(f"  failed requests: run {o.failed_requests}, twin {o.twin_failed_requests}")
-    if o.comparison and o.comparison.mismatches:
-        m = o.comparison.mismatches[0]
-        char = next((j for j, (x, y) in enumerate(zip(m.run_text, m.twin_text)) if x != y),
-                    min(len(m.run_text), len(m.twin_text)))
-        lines.append(f"  first mismatching sample {m.index} at token {m.position}: graph run token "
-                     f"{m.run_tokens[m.position:m.position + 1]} vs twin {m.twin_tokens[m.position:m.position + 1]}")
-        lines.append(f"    graph run: {_snippet(m.run_text, char)!r}")
-        lines.append(f"    twin:      {_snippet(m.twin_text, char)!r}")
-    if getattr(o, "confirmation", None) is not None:
-        lines.append(f"  confirmation: {o.confirmation.describe()}")
-    if getattr(o, "stale_constants", None):
-        from .audit import describe_constants
-
-        lines.append(f"  {describe_constants(o.stale_constants)}")
-    if report_dir is not None:
-        lines.append(f"  report: {report_dir / 'report.md'} ({report_dir / 'report.html'})")
-    return "\n".join(lines)
-
-
-def record_outcome(item, o, report_dir: Path | None) -> None:
-    props = {"verdict": str(o.verdict), "reason": o.reason, "cell": o.cell_id, "accuracy": None if o.accuracy is None else f"{o.accuracy:.4f}", "finished": o.finished,
-             "n": o.n, "correct": o.correct, "twin_mismatches": o.twin_mismatches, "twin_compared": o.twin_compared,
-             "p_value": None if o.p_value is None else f"{o.p_value:.4g}",
-             "delta_vs_off": None if o.delta_vs_off is None else f"{o.delta_vs_off:+.4f}",
-             "failed_requests": o.failed_requests}
-    if o.comparison and o.comparison.mismatches:
-        m = o.comparison.mismatches[0]
-        props["first_mismatch"] = f"sample {m.index} token {m.position}"
-    if getattr(o, "confirmation", None) is not None:
-        props["confirmation"] = o.confirmation.status
-    if getattr(o, "stale_constants", None):
-        props["stale_constants"] = o.stale_constants.get("total")
-    if report_dir is not None:
-        props["report"] = str(report_dir / "report.html")
-    add_properties(item, props)
-
-
-def add_properties(item, props: dict) -> None:
-    """Testsuite-level properties `<nodeid>::<key>` under xunit2 (the default junit_family, whose testcases carry no
-    properties), testcase properties otherwise (xunit1/legacy, or no --junitxml: other reporters read them)."""
-    from _pytest.junitxml import xml_key
-
-    xml = item.config.stash.get(xml_key, None)
-    for key, value in props.items():
-        if value is None:
-            continue
-        if xml is not None and xml.family not in ("xunit1", "legacy"):
-            xml.add_global_property(f"{item.nodeid}::{key}", value)
-        else:
-            item.user_properties.append((key, value))
 
 
 def _skip(reason: str):
