@@ -2,7 +2,8 @@
 
 This module is pure: it turns what the user asked for (modes, max_batch_tokens values, faults) and what the device
 can do (CUDA, decode fast path) into a set of *engine runs*, each described by the effective engine configuration
-that determines its output. Runs with the same effective configuration are computed once and shared.
+that determines its output. Runs with the same effective configuration are computed once and shared. The parsers of
+the run-matrix options (--graphs, --max-bt, --inject, ...) are in parsers.py.
 """
 
 from __future__ import annotations
@@ -35,82 +36,6 @@ DECODE_FAST_PATH_ATTN = ("flash_attention_2", "flash_attention_3", "torch-flash"
 
 class UsageError(ValueError):
     """A bad input from the user: reported as one line, exit code 2."""
-
-
-def parse_modes(text: str) -> list[str]:
-    modes = [m.strip() for m in text.split(",") if m.strip()]
-    if not modes:
-        raise UsageError("--graphs: no mode given (choose from off,on,varlen,decode)")
-    for m in modes:
-        if m not in MODES:
-            raise UsageError(f"--graphs: unknown mode {m!r} (choose from {','.join(MODES)})")
-    # keep order, drop repeats
-    return list(dict.fromkeys(modes))
-
-
-def parse_max_bt(text: str) -> list[int]:
-    """'384', '128,256,384' or 'START:STOP:STEP' (STOP included)."""
-    text = str(text).strip()
-    try:
-        if ":" in text:
-            parts = [int(p) for p in text.split(":")]
-            if len(parts) != 3 or parts[2] <= 0:
-                raise ValueError
-            start, stop, step = parts
-            values = list(range(start, stop + 1, step))
-        else:
-            values = [int(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        raise UsageError(f"--max-bt: {text!r} is not a positive integer, a list 128,256 or a range 128:1024:128")
-    if not values or any(v <= 0 for v in values):
-        raise UsageError(f"--max-bt: {text!r} must give positive integers")
-    return list(dict.fromkeys(values))
-
-
-def parse_injections(items: list[str] | None, modes: list[str], engines: list[str] | None = None) -> dict[str, str]:
-    """[ENGINE:]MODE=FAULT -> {"MODE" or "ENGINE:MODE": FAULT}; a fault without an engine applies to every engine."""
-    out: dict[str, str] = {}
-    for item in items or []:
-        target, sep, fault = item.partition("=")
-        engine, _, mode = target.rpartition(":")
-        if not sep or mode not in MODES or fault not in FAULTS:
-            raise UsageError(f"--inject: {item!r} must be [ENGINE:]MODE=FAULT with MODE in {','.join(MODES)} and "
-                             f"FAULT in {','.join(FAULTS)}")
-        if mode not in modes:
-            raise UsageError(f"--inject: mode {mode!r} is not among --graphs {','.join(modes)}")
-        if engine and engine not in (engines or ["default"]):
-            raise UsageError(f"--inject: engine {engine!r} is not among --engine names")
-        out[target] = fault
-    return out
-
-
-def parse_devices(text: str | None) -> list[str] | None:
-    """--devices 0,1,2 -> ["0", "1", "2"] (CUDA_VISIBLE_DEVICES values); None or empty -> None."""
-    devices = [d.strip() for d in (text or "").split(",") if d.strip()]
-    return devices or None
-
-
-def parse_switch(text: str | None, name: str) -> list[bool | None]:
-    """'on,off' -> [True, False]; None -> [None] (engine default)."""
-    if text is None:
-        return [None]
-    values = {"on": True, "off": False}
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items or any(t not in values for t in items):
-        raise UsageError(f"{name}: {text!r} must be on, off or on,off")
-    return [values[t] for t in dict.fromkeys(items)]
-
-
-def parse_compile(text: str | None) -> list[int | None]:
-    if text is None:
-        return [None]
-    try:
-        levels = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        levels = []
-    if not levels or any(lv not in (0, 1, 2, 3) for lv in levels):
-        raise UsageError(f"--compile: {text!r} must be levels among 0,1,2,3 (transformers' default_compile_level)")
-    return list(dict.fromkeys(levels))
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,7 @@ class CBLM(LM):
     def _engine_config(self):
         import torch
 
-        from .config import parse_injections
+        from .parsers import parse_injections
 
         self.cuda = torch.cuda.is_available()
         caps = Capabilities(cuda=self.cuda, attn=self.attn)

@@ -15,11 +15,12 @@ from pathlib import Path
 
 from . import data as data_mod
 from . import models
-from .config import MODES, Capabilities, Plan, UsageError, axes_matrix, parse_injections, plan_runs
+from .config import MODES, Capabilities, Plan, UsageError, axes_matrix, plan_runs
 from .engine import Job
 from .engine.process import default_limits
 from .execute import detect_cuda, engine_interpreter, probe_engines
 from .gsm8k import PROMPTS, GSM8KTask
+from .parsers import parse_injections
 from .settings import Settings
 from .store import job_hash, settings_json
 

@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import FAULTS, ORACLES, UsageError, parse_compile, parse_devices, parse_max_bt, parse_modes, parse_switch
-from .parsers import (absolute_if_local, fraction, number, parse_attns, parse_engines, parse_jobs, path_or_none,
-                      positive_int, positive_number, resolved_paths, str_or_none)
+from .config import FAULTS, ORACLES, UsageError
+from .parsers import (absolute_if_local, fraction, number, parse_attns, parse_compile, parse_devices, parse_engines,
+                      parse_jobs, parse_max_bt, parse_modes, parse_switch, path_or_none, positive_int, positive_number,
+                      resolved_paths, str_or_none)
 
 # --- the option metadata ---------------------------------------------------------------------------------------
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from evalharness.config import (FAULTS, MODES, Axes, Capabilities, EngineConfig, UsageError, parse_injections,
-                                parse_max_bt, parse_modes, plan_runs)
+from evalharness.config import FAULTS, MODES, Axes, Capabilities, EngineConfig, UsageError, plan_runs
+from evalharness.parsers import parse_injections, parse_max_bt, parse_modes
 
 ALL = ["off", "on", "varlen", "decode"]
 
