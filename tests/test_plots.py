@@ -11,7 +11,7 @@ from pathlib import Path
 from test_accuracy_html import make_outcomes, make_summary
 
 from evalharness.trend import trend_figure
-from evalharness.html_report import build_figures
+from evalharness.report_figures import build_figures
 
 
 def _ax(fig):
@@ -54,7 +54,7 @@ def test_history_figure_legends_the_finding_marker():
 def test_drawing_leaves_the_matplotlib_backend_alone():
     code = ("import matplotlib; matplotlib.use('pdf')\n"
             "from test_accuracy_html import make_outcomes, make_summary\n"
-            "from evalharness.html_report import figures\n"
+            "from evalharness.report_figures import figures\n"
             "from evalharness.trend import trend_figure\n"
             "figures(make_summary(make_outcomes())); trend_figure([])\n"
             "import matplotlib.pyplot as plt\n"
