@@ -55,7 +55,7 @@ def engine_interpreter(engine: str | None) -> tuple[str, str | None]:
 def probe_engines(engines: dict[str, str | None], interpreters: dict[str, tuple[str, str | None]]) -> dict:
     """Versions and abilities of each engine's transformers; the default one is read in this process."""
     from .engine import probe_engine
-    from .engine.worker import probe
+    from .engine.transformers_cb import probe
 
     out = {}
     for name, path in engines.items():

@@ -2,8 +2,8 @@
 
 - Model geometry without loading the model: parameter count (safetensors headers, or GGUF tensor infos), layers,
   KV heads, head dim and vocabulary (config.json, or the GGUF metadata).
-- The KV cache a worker allocates is sized from the workload (engine/worker.py workload_blocks); here the prompts
-  are text, so tokens are over-estimated at one per 3 bytes.
+- The KV cache a worker allocates is sized from the workload (engine/transformers_cb.py workload_blocks); here the
+  prompts are text, so tokens are over-estimated at one per 3 bytes.
 - Free GPU memory from `nvidia-smi` (the parent never creates a CUDA context), cores from the affinity mask.
 """
 
@@ -92,7 +92,7 @@ def geometry(model: dict) -> Geometry | None:
 
 def per_worker_bytes(model: dict, prompts: list[str], max_new_tokens: int, max_bt: int,
                      block_size: int = 256) -> int | None:
-    from .engine.worker import blocks_for
+    from .engine.transformers_cb import blocks_for
 
     g = geometry(model)
     if g is None:

@@ -43,7 +43,7 @@ def test_smollm2_gguf_cache_is_verified_reused_and_generates_the_same_tokens(smo
 
     from evalharness import models
     from evalharness.engine import gguf_cache
-    from evalharness.engine.worker import load_model
+    from evalharness.engine.transformers_cb import load_model
 
     monkeypatch.setenv("EVALHARNESS_CACHE", str(tmp_path))
     spec = {"path": str(smollm2), "gguf_file": models.EMBEDDED["smollm2-135m"].file, "dtype": "bf16"}
