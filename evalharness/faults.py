@@ -1,7 +1,7 @@
 """Injected faults: deliberate defects in one mode's worker, to prove that the checks can fail.
 
 The registry `FAULTS` is the one place a fault is defined. Each entry carries its hooks, called by the worker
-(engine/worker.py) at fixed points, and whether the padded-eager twin gets the same patch (`patches_twin`: then only
+(engine/run_job.py) at fixed points, and whether the padded-eager twin gets the same patch (`patches_twin`: then only
 graph staleness can make the run and its twin differ). Hooks import torch and transformers lazily, so the parent
 process (planning) never does. Written by hand: no library injects faults into transformers' CB engine.
 """

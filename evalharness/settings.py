@@ -5,7 +5,7 @@ metadata; nothing lists the options by hand:
 
 - the `evalharness gsm8k` / `evalharness plan` parser (`add_arguments`, then `from_args`): flag, help, argparse
   extras, and `parse`, which turns the command line's text into the field's value (raising `UsageError`);
-- the keys of accuracy suites (`suite_keys`, `from_suite`; pytest_plugin.py): the flag without its dashes;
+- the keys of accuracy suites (`suite_keys`, `from_suite`; accuracy_suites.py): the flag without its dashes;
 - which options may accompany `--resume` (`resume_conflicts`, `resume_overrides`): `resume=True`;
 - settings.json (`to_json`, `from_json`; store.py writes and reads the file).
 
