@@ -2,23 +2,26 @@
 
 Names are looked up in our `tasks/` first (the GSM8K variants: `evalharness_gsm8k`, `_cot`, `_chat`, `_platinum`)
 and in `--include-path` folders, then among lm-eval's own tasks (indexing those takes ~10 s). `gsm8k` is the short form of
-`evalharness_gsm8k`. A `TaskSpec` has the interface of `GSM8KTask` (prompts, until, filters, primary_filter,
-instances, targets(), score(texts), cut(text), num_fewshot, style), so the pipeline treats both alike.
+`evalharness_gsm8k`. `--prompt STYLE` is a shorthand for `--task STYLE_TASKS[STYLE]` on the embedded GSM8K copy
+(`TaskSpec(..., source=data.resolve(...))`). lm-eval renders the prompts (few-shot sampling with its fixed seed), and
+its filters and the task's metric score the responses; nothing here re-implements a prompt or a regex.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import data as data_mod
 from .config import UsageError
 from .data import DataSource
-from .gsm8k import GSM8KTask
 
-# style -> our task in tasks/ (hub data) that renders the same prompts as `--prompt STYLE`
+# --prompt STYLE -> our task in tasks/ that it stands for (run on the embedded data unless --data is given)
 STYLE_TASKS = {"fewshot": "evalharness_gsm8k", "cot": "evalharness_gsm8k_cot", "chat": "evalharness_gsm8k_chat"}
+FEWSHOT_SEED = 1234  # lm-eval's default fewshot_random_seed
 SHORT_NAMES = {"gsm8k": "evalharness_gsm8k"}
 # evalharness/tasks/ in an installed wheel; the top-level tasks/ folder beside the package in a source checkout
 TASKS_DIR = next((p for p in (Path(__file__).resolve().parent / "tasks", Path(__file__).resolve().parents[1] / "tasks")
@@ -127,15 +130,27 @@ def source_of(cfg: dict, name: str) -> DataSource:
                       fewshot_split=cfg.get("fewshot_split"), label=label)
 
 
-class TaskSpec(GSM8KTask):
+@dataclass
+class Scored:
+    answers: dict[str, str]  # filter name -> extracted answer
+    correct: dict[str, bool]  # filter name -> exact_match
+
+
+class TaskSpec:
     """A named lm-eval task's prompts for the first `limit` docs, and a scorer for responses to them.
 
-    `data`/`fewshot_data` (the --data/--fewshot-data strings) replace the task's data source, as for GSM8KTask.
+    `data`/`fewshot_data` (the --data/--fewshot-data strings) replace the task's data source. `prompt` (a --prompt
+    style, a key of STYLE_TASKS) names the task instead of `name`; its data is always replaced: by --data, else by
+    the embedded GSM8K copy.
     """
 
-    def __init__(self, name: str, data: str | None = None, fewshot_data: str | None = None,
+    def __init__(self, name: str | None = None, data: str | None = None, fewshot_data: str | None = None,
                  num_fewshot: int | None = None, limit: int | None = None, primary_filter: str | None = None,
-                 include_path: tuple[str, ...] | list[str] = ()):
+                 include_path: tuple[str, ...] | list[str] = (), prompt: str | None = None):
+        if prompt is not None:
+            if prompt not in STYLE_TASKS:
+                raise UsageError(f"--prompt: unknown style {prompt!r} (choose from {', '.join(STYLE_TASKS)})")
+            name = STYLE_TASKS[prompt]
         if limit is not None and limit <= 0:
             raise UsageError("--limit must be a positive integer")
         if num_fewshot is not None and num_fewshot < 0:
@@ -146,12 +161,13 @@ class TaskSpec(GSM8KTask):
         self.style = hints.get("style", "fewshot")
         self.num_fewshot = (cfg.get("num_fewshot") or 0) if num_fewshot is None else num_fewshot
         if self.style == "chat" and self.num_fewshot:
-            raise UsageError(f"--task {self.name} is zero-shot chat; drop --fewshot")
-        if data:
+            raise UsageError(f"--prompt {prompt} is zero-shot; drop --fewshot or use --prompt fewshot" if prompt else
+                             f"--task {self.name} is zero-shot chat; drop --fewshot")
+        if data or prompt is not None:
             cfg.pop("__yaml_dir__", None)
             source = data_mod.resolve(data, fewshot_data, shots_from_split(cfg, num_fewshot))
             cfg.update(source.task_overrides())
-            if not source.fewshot_split:
+            if not source.fewshot_split:  # a local test file without train rows: lm-eval must not look for them
                 for key in ("training_split", "fewshot_split"):
                     cfg.pop(key, None)
         else:
@@ -168,3 +184,79 @@ class TaskSpec(GSM8KTask):
         self.primary_filter = primary_filter or hints.get("primary_filter") or self.filters[0]
         if self.primary_filter not in self.filters:
             raise UsageError(f"--filter: {self.primary_filter!r} is not one of {', '.join(self.filters)}")
+
+    def _build(self, cfg: dict, source: DataSource, limit: int | None) -> None:
+        """Load the task through lm-eval, render the prompts for the first `limit` docs, note stops and filters."""
+        with _quiet():
+            self.task = _load_task(cfg, source)
+            if hasattr(self.task, "set_fewshot_seed"):
+                self.task.set_fewshot_seed(seed=FEWSHOT_SEED)
+            self.task.build_all_requests(limit=limit, rank=0, world_size=1)
+        self.instances = sorted(self.task.instances, key=lambda inst: inst.doc_id)
+        if not self.instances:
+            raise UsageError(f"data {source.label}: no rows to evaluate")
+        self.prompts = [inst.args[0] for inst in self.instances]
+        self.until = list(self.instances[0].args[1].get("until", []))
+        self.filters = [f["name"] for f in cfg.get("filter_list") or []] or ["none"]
+
+    def targets(self) -> list[str]:
+        return [str(self.task.doc_to_target(inst.doc)) for inst in self.instances]
+
+    def cut(self, text: str) -> str:
+        """Cut a generation at the first stop string, as lm-eval's own models do with `until`."""
+        for stop in self.until:
+            if stop:
+                text = text.split(stop)[0]
+        return text
+
+    def score(self, texts: list[str]) -> list[Scored]:
+        """Run lm-eval's filters and the task's metric over one response per prompt (in prompt order)."""
+        if len(texts) != len(self.instances):
+            raise ValueError(f"{len(texts)} responses for {len(self.instances)} prompts")
+        for inst, text in zip(self.instances, texts):
+            inst.resps = [self.cut(text)]
+            inst.filtered_resps = {}
+        self.task.apply_filters()
+        out = []
+        for inst in self.instances:
+            answers, correct = {}, {}
+            for name in self.filters:
+                resp = inst.filtered_resps[name]
+                metrics = self.task.process_results(inst.doc, [resp])
+                answers[name] = str(resp)
+                correct[name] = bool(float(metrics.get(self.metric, 0.0)) >= 1.0)
+            out.append(Scored(answers, correct))
+        return out
+
+
+@contextlib.contextmanager
+def _quiet():
+    """No progress bars from datasets and lm-eval while the rows load and the prompts render: it takes a moment, and
+    a bad input that is found after it (a model folder without weights) must still print one error line only."""
+    import datasets
+    import lm_eval.api.task as lm_task
+
+    bars, lm_tqdm = datasets.is_progress_bar_enabled(), getattr(lm_task, "tqdm", None)
+    datasets.disable_progress_bars()
+    if lm_tqdm is not None:
+        lm_task.tqdm = functools.partial(lm_tqdm, disable=True)
+    try:
+        yield
+    finally:
+        if lm_tqdm is not None:
+            lm_task.tqdm = lm_tqdm
+        if bars:
+            datasets.enable_progress_bars()
+
+
+def _load_task(cfg: dict, source: DataSource):
+    from lm_eval.tasks import TaskManager
+
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    try:
+        loaded = TaskManager(include_defaults=False).load(cfg)
+    except Exception as e:
+        hint = "" if source.dataset_path in ("json", "parquet") else " (offline? pass --data FILE.jsonl)"
+        raise UsageError(f"data {source.label}: cannot load ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+                         f"{hint}")
+    return loaded["tasks"][cfg["task"]]

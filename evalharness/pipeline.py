@@ -13,8 +13,8 @@ from pathlib import Path
 from . import history
 from .config import Plan
 from .execute import Engine, run_jobs
-from .gsm8k import GSM8KTask
 from .html_report import write_html
+from .lmeval_task import TaskSpec
 from .confirm import reruns_needed
 from .plan import Prepared, make_job, prepare_jobs
 from .report import markdown
@@ -29,7 +29,7 @@ from .verdict import ModeOutcome
 @dataclass(frozen=True)
 class Evaluation:
     settings: Settings
-    task: GSM8KTask
+    task: TaskSpec
     model: dict
     plan: Plan
     results: dict[str, RunResult]

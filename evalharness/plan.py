@@ -13,13 +13,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import data as data_mod
 from . import models
 from .config import MODES, Capabilities, Plan, UsageError, axes_matrix, plan_runs
 from .engine import Job
 from .engine.process import default_limits
 from .execute import detect_cuda, engine_interpreter, probe_engines
-from .gsm8k import PROMPTS, GSM8KTask
+from .lmeval_task import TaskSpec
 from .parsers import parse_injections
 from .settings import Settings
 from .store import job_hash, settings_json
@@ -37,7 +36,7 @@ def unsupported_modes(plan: Plan, probes: dict) -> dict[str, str]:
     return out
 
 
-def workload_fingerprint(task: GSM8KTask, model: dict, s: Settings) -> str:
+def workload_fingerprint(task: TaskSpec, model: dict, s: Settings) -> str:
     blob = json.dumps({"prompts": task.prompts, "model": model, "max_new_tokens": s.max_new_tokens,
                        "chat": s.prompt == "chat"}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -48,22 +47,14 @@ def prepare(s: Settings, model: dict | None = None):
     (as models.resolve returned it, e.g. where a plan was made) is used as is. Returns the settings as settled
     (a --task fixes the prompt style), the data source, the task, the model and the injections."""
     injections = parse_injections(s.inject, s.modes, list(s.engines))
-    if s.task:
-        from .lmeval_task import TaskSpec
-
-        if s.prompt != "fewshot":
-            raise UsageError("--task and --prompt: give one (the task's YAML fixes its prompt)")
-        task = TaskSpec(s.task, data=s.data, fewshot_data=s.fewshot_data, num_fewshot=s.fewshot, limit=s.limit,
-                        primary_filter=s.filter, include_path=s.include_path)
-        s = dataclasses.replace(s, prompt=task.style)  # chat tasks get the chat template, as --prompt chat does
-        model = model or models.resolve(s.model, s.gguf_file, s.dtype, s.trust_remote_code)
-        return s, task.source, task, model, injections
-    # only lm-eval's plain gsm8k samples its shots from the train split; gsm8k-cot ships its 8 exemplars
-    shots = (s.fewshot if s.fewshot is not None else PROMPTS["fewshot"][1]) if s.prompt == "fewshot" else 0
-    source = data_mod.resolve(s.data, s.fewshot_data, shots)
-    task = GSM8KTask(source, style=s.prompt, num_fewshot=s.fewshot, limit=s.limit, primary_filter=s.filter)
+    if s.task and s.prompt != "fewshot":
+        raise UsageError("--task and --prompt: give one (the task's YAML fixes its prompt)")
+    # --prompt STYLE is --task STYLE_TASKS[STYLE] on the embedded GSM8K copy (or --data)
+    task = TaskSpec(s.task, data=s.data, fewshot_data=s.fewshot_data, num_fewshot=s.fewshot, limit=s.limit,
+                    primary_filter=s.filter, include_path=s.include_path, prompt=None if s.task else s.prompt)
+    s = dataclasses.replace(s, prompt=task.style)  # chat tasks get the chat template, as --prompt chat does
     model = model or models.resolve(s.model, s.gguf_file, s.dtype, s.trust_remote_code)
-    return s, source, task, model, injections
+    return s, task.source, task, model, injections
 
 
 @dataclass
@@ -74,7 +65,7 @@ class Prepared:
     settings: Settings
     saved: dict  # the settings as given (settings.json), before prepare() filled anything in
     source: object
-    task: GSM8KTask
+    task: TaskSpec
     model: dict
     plan: Plan
     unsupported: dict[str, str]

@@ -99,7 +99,9 @@ class Settings:
     max_bts: list[int] = option("--max-bt", "384", help="max_batch_tokens: 384, a list 128,256 or a range "
                                 "128:1024:128", parse=parse_max_bt)
     # the prompts
-    prompt: str = option("--prompt", "fewshot", choices=("fewshot", "cot", "chat"))
+    prompt: str = option("--prompt", "fewshot", choices=("fewshot", "cot", "chat"),
+                         help="shorthand for --task evalharness_gsm8k, evalharness_gsm8k_cot or "
+                         "evalharness_gsm8k_chat, on the embedded GSM8K copy unless --data is given")
     task: str | None = option("--task", help="an lm-eval generate_until task instead of --prompt: one of ours "
                               "(evalharness_gsm8k, _cot, _chat, _platinum; gsm8k is evalharness_gsm8k), one in an "
                               "--include-path folder, or any lm-eval task name")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from .config import Plan
 from .execute import CACHED_STATUSES
-from .gsm8k import GSM8KTask
 from .history import HistoryCheck
+from .lmeval_task import TaskSpec
 from .plan import Prepared
 from .results import RunResult
 from .score import Scores
@@ -119,7 +119,7 @@ def ab_rows(outcomes: list[ModeOutcome], results: dict[str, RunResult]) -> list[
     return rows
 
 
-def build_summary(s: Settings, task: GSM8KTask, data_label: str, model: dict, plan: Plan,
+def build_summary(s: Settings, task: TaskSpec, data_label: str, model: dict, plan: Plan,
                   results: dict[str, RunResult], outcomes: list[ModeOutcome], probes: dict | None = None,
                   folders: dict[str, Path] | None = None) -> dict:
     cells = [_cell(o, plan, results, probes, folders) for o in outcomes]
@@ -156,7 +156,7 @@ def build_summary(s: Settings, task: GSM8KTask, data_label: str, model: dict, pl
     }
 
 
-def sample_rows(task: GSM8KTask, outcomes: list[ModeOutcome], results: dict[str, RunResult],
+def sample_rows(task: TaskSpec, outcomes: list[ModeOutcome], results: dict[str, RunResult],
                 scores: Scores) -> list[dict]:
     targets = task.targets()
     rows = []

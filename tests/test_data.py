@@ -140,9 +140,10 @@ def test_default_data_is_the_embedded_gsm8k_copy_offline(monkeypatch):
         assert digest == sums[f"{split}.jsonl"]
     assert "MIT" in (EMBEDDED_DIR / "LICENSE").read_text()
     assert validate_rows(Path(files["test"])) == 1319
-    from evalharness.gsm8k import GSM8KTask
+    from evalharness.lmeval_task import TaskSpec
 
-    task = GSM8KTask(src, limit=2)  # lm-eval's gsm8k task renders 5-shot prompts from the embedded train split
+    task = TaskSpec(prompt="fewshot", limit=2)  # lm-eval's gsm8k task renders 5-shot prompts from the embedded train split
+    assert task.source == src
     assert len(task.prompts) == 2 and task.prompts[0].count("Question:") == 6
 
 

@@ -127,13 +127,11 @@ def test_the_decode_path_positive_control_is_flagged_on_decode_and_on_only():
 
 def test_recorded_correctness_is_lm_evals_scoring(gsm8k_test):
     """The reference texts of the pre45323 recording, re-scored through lm-eval's gsm8k filters and exact_match."""
-    from evalharness import data
-    from evalharness.gsm8k import GSM8KTask
+    from evalharness.lmeval_task import TaskSpec
 
-    summary, _, rows = load("pre45323")
+    _, _, rows = load("pre45323")
     off = sorted(rows[("main", 384, "off", False)], key=lambda s: s["index"])
-    task = GSM8KTask(data.resolve(str(gsm8k_test), None, summary.get("fewshot") or 8), style="fewshot",
-                     num_fewshot=8, limit=len(off))
+    task = TaskSpec(prompt="fewshot", data=str(gsm8k_test), num_fewshot=8, limit=len(off))
     scored = task.score([s["text"] for s in off])
     assert [sc.correct["strict-match"] for sc in scored] == [s["correct"] for s in off]
     assert [sc.answers["strict-match"] for sc in scored] == [s["answer"] for s in off]

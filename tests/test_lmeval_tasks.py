@@ -64,20 +64,54 @@ def test_local_tasks_load_and_build_requests(tm, name, monkeypatch):
 
 @needs_data
 @pytest.mark.parametrize("style", ["fewshot", "cot", "chat"])
-def test_taskspec_renders_the_same_prompts_as_gsm8ktask(style):
-    from evalharness import data
-    from evalharness.gsm8k import GSM8KTask
+def test_prompt_style_is_its_task_on_the_given_data(style):
+    """`--prompt STYLE` is `--task STYLE_TASKS[STYLE]`: the same prompts, stops, filters and scores as the hub task
+    given the same --data, and as its _local variant (the YAML's own data files)."""
     from evalharness.lmeval_task import STYLE_TASKS, TaskSpec
 
     test = str(DATA / "test.jsonl")
-    old = GSM8KTask(data.resolve(test, None, 5 if style == "fewshot" else 0), style=style, limit=3)
+    via_prompt = TaskSpec(prompt=style, data=test, limit=3)
     new = TaskSpec(STYLE_TASKS[style], data=test, limit=3)
     local = TaskSpec(STYLE_TASKS[style] + "_local", limit=3, include_path=[str(REPO / "tests" / "tasks")])
-    assert old.prompts == new.prompts == local.prompts
-    assert old.until == new.until and old.primary_filter == new.primary_filter == local.primary_filter
-    assert new.style == style
+    assert via_prompt.prompts == new.prompts == local.prompts
+    assert via_prompt.until == new.until and via_prompt.primary_filter == new.primary_filter == local.primary_filter
+    assert via_prompt.style == new.style == style
+    assert via_prompt.num_fewshot == new.num_fewshot == {"fewshot": 5, "cot": 8, "chat": 0}[style]
+    assert via_prompt.primary_filter == ("flexible-extract" if style == "chat" else "strict-match")
     texts = ["so 18.\n#### 18", "The answer is 3.", "it is 70000"]
-    assert [s.correct for s in old.score(texts)] == [s.correct for s in new.score(texts)]
+    assert [s.correct for s in via_prompt.score(texts)] == [s.correct for s in new.score(texts)]
+
+
+def test_prompt_without_data_is_the_embedded_copy(monkeypatch):
+    """--prompt without --data never reaches for the YAML's hub dataset: the package's embedded GSM8K copy."""
+    from evalharness.data import EMBEDDED_LABEL
+    from evalharness.lmeval_task import TaskSpec
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    task = TaskSpec(prompt="cot", limit=2)
+    assert task.source.label == EMBEDDED_LABEL and task.name == "evalharness_gsm8k_cot"
+    assert len(task.prompts) == 2 and task.prompts[0].count("A:") == 9  # lm-eval's 8 fixed exemplars + the question
+
+
+@needs_data
+def test_prompt_cot_and_task_cot_plan_the_same_jobs(tmp_path):
+    """`--prompt cot` and `--task evalharness_gsm8k_cot` on the same data: the same prompts, workload fingerprint and
+    job ids (cache folders), so either reuses the other's cached runs."""
+    from evalharness.plan import prepare_jobs
+    from evalharness.settings import Settings
+
+    model = {"path": "fake-model", "gguf_file": None, "dtype": "fp32", "trust_remote_code": False, "label": "fake"}
+    probes = {"default": {"transformers": "fake", "tuple_graphs": True}}
+    base = dict(data=str(DATA / "test.jsonl"), limit=3, max_new_tokens=16, cache=tmp_path / "cache", progress=False)
+    plans = [prepare_jobs(Settings(**base, **kw, out=tmp_path / name), cuda=False, model=model, probes=probes,
+                          interpreters={"default": ("python", None)})
+             for name, kw in (("prompt", {"prompt": "cot"}), ("task", {"task": "evalharness_gsm8k_cot"}))]
+    by_prompt, by_task = plans
+    assert by_prompt.settings.prompt == by_task.settings.prompt == "cot"
+    assert by_prompt.task.prompts == by_task.task.prompts and by_prompt.task.num_fewshot == 8
+    assert by_prompt.fingerprint == by_task.fingerprint
+    assert [j.job_dir for j in by_prompt.jobs] == [j.job_dir for j in by_task.jobs] and by_prompt.jobs
 
 
 def test_unknown_and_unsupported_tasks():
