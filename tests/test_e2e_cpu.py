@@ -61,7 +61,7 @@ def test_all_modes_exit_0_and_graph_modes_skipped_with_reason(all_modes):
         assert "CUDA is not available" in modes[mode]["reason"]
         assert f"{mode:<7} SKIPPED" in proc.stdout
     assert summary["exit_code"] == 0
-    assert proc.stdout.strip().splitlines()[-1] == f"report: {out / 'report.md'}"
+    assert proc.stdout.strip().splitlines()[-2:] == [f"report: {out / 'report.md'}", f"report: {out / 'report.html'}"]
 
 
 def test_twins_ran_and_agree(all_modes):
