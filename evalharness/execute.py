@@ -6,6 +6,7 @@ plan stage asks of this machine before any job runs: CUDA, and each engine's int
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Protocol
@@ -169,11 +170,13 @@ def run_jobs(jobs: list[Job], workers: int | str | None = 1, devices: list[str] 
         results.update({job.key: run_one(job, engine, progress) for job in todo})
     elif todo:
         from .locking import locked
-        from .sizing import Claim
+        from .sizing import Claim, claiming
 
-        budget, need = budget_for(todo, workers, devices, cuda)
-        print(budget.line(), file=sys.stderr, flush=True)
-        with Claim(budget.workers, budget.workers * (need or 0)):
+        with contextlib.ExitStack() as held:
+            with claiming():  # others' claims -> budget -> our claim, one invocation at a time
+                budget, need = budget_for(todo, workers, devices, cuda)
+                held.enter_context(Claim(budget.workers, budget.workers * (need or 0)))
+            print(budget.line(), file=sys.stderr, flush=True)
             got, pool = run_pool(todo, budget, devices, progress, on_result=store_result, guard=locked,
                                  cached=cached_result, watch=watch)
         results.update(got)

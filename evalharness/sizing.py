@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -129,12 +130,34 @@ def gpu_memory(devices: list[str] | None) -> list[tuple[int, int]] | None:
 # --- invocations sharing a machine ---------------------------------------------------------------------------------
 # Each running pool leaves a claim (its pid, workers, GPU bytes) in a folder of the machine's temp dir; --jobs auto in
 # another invocation counts the live claims, so that two verdicts started together split the cores and the GPU
-# memory instead of each taking all of it.
+# memory instead of each taking all of it. "Read the others' claims -> size -> write our own" runs under one
+# machine-wide lock (claiming) in that folder, so that of two invocations started at the same instant the second sizes
+# itself after the first's claim is written.
 
 def claims_dir() -> Path:
     import tempfile
 
     return Path(os.environ.get("EVALHARNESS_CLAIMS", Path(tempfile.gettempdir()) / "evalharness-claims"))
+
+
+@contextlib.contextmanager
+def claiming():
+    """Hold the machine-wide claims lock for the block (filelock: released when its holder dies, even by SIGKILL);
+    without a writable claims folder, nothing is held, as the claims are then not written either."""
+    from filelock import FileLock
+
+    folder = claims_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(folder / ".lock"))
+        lock.acquire()
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _alive(pid: int) -> bool:

@@ -299,3 +299,65 @@ def test_invocations_sharing_a_machine_split_it(tmp_path, monkeypatch):
     assert (alone.workers, alone.threads) == (5, 3)
     assert (shared.workers, shared.threads) == (3, 2) and "5 held by other invocations" in shared.line()
     assert shared.threads * (shared.workers + 5) <= 16
+
+
+def _size_and_hold(jobs, barrier, sized, release):
+    """One invocation (a forked process): start with the other, size --jobs auto, report the budget, hold the pool
+    (and so the claim) until the test has both budgets."""
+    from evalharness import execute
+    from evalharness.engine import pool
+
+    class Held(Exception):
+        pass
+
+    def run_pool(todo, budget, *args, **kw):
+        sized.put((budget.workers, budget.threads))
+        release.wait(30)
+        raise Held
+
+    pool.run_pool = run_pool
+    barrier.wait(30)
+    try:
+        execute.run_jobs(jobs, workers="auto", progress=False)
+    except Held:
+        pass
+    except BaseException as e:  # noqa: BLE001 - told to the test, which would otherwise wait for the budget
+        sized.put((0, repr(e)))
+
+
+def test_two_invocations_started_together_split_the_cores(tmp_path, monkeypatch):
+    import multiprocessing
+    import time
+
+    from evalharness import sizing
+
+    monkeypatch.setenv("EVALHARNESS_CLAIMS", str(tmp_path / "claims"))
+    monkeypatch.setattr(sizing, "cpu_cores", lambda: 8)
+    read = sizing.others
+
+    def slow_others():  # widen the window between reading the others' claims and writing this one's
+        got = read()
+        time.sleep(0.5)
+        return got
+
+    monkeypatch.setattr(sizing, "others", slow_others)
+    ctx = multiprocessing.get_context("fork")
+    barrier, sized, release = ctx.Barrier(2), ctx.Queue(), ctx.Event()
+    procs = []
+    for name in ("a", "b"):
+        jobs = [job(EngineConfig(max_bt=8 * (i + 1), attn="sdpa", cuda_graph=(False, False)), tmp=tmp_path / name)
+                for i in range(2)]
+        procs.append(ctx.Process(target=_size_and_hold, args=(jobs, barrier, sized, release)))
+    for p in procs:
+        p.start()
+    try:
+        budgets = sorted(sized.get(timeout=30) for _ in procs)
+    finally:
+        release.set()
+        for p in procs:
+            p.join(30)
+    alone = schedule.auto_budget(2, 8, False)  # the first to size: 2 workers x 4 threads, all 8 cores
+    second = schedule.auto_budget(2, 8, False, other_workers=alone.workers)  # sized after the first's claim
+    assert alone.workers * alone.threads == 8 and second.workers * second.threads < 8
+    assert budgets == sorted([(alone.workers, alone.threads), (second.workers, second.threads)]), budgets
+    assert not list((tmp_path / "claims").glob("*.json"))  # both claims are gone with their pools
