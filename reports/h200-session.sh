@@ -15,12 +15,24 @@ plat=(--data /tmp/g/data/platinum_test.jsonl)
 common=(--limit "$limit" --prompt fewshot --fewshot 8 --attn torch-flash --dtype bf16 --max-new-tokens 256
         --no-progress --cache "$out/runs")
 mkdir -p "$out"
+show() {  # per cell: verdict, twin mismatches, confirmation, repeats, stale constants, graphs captured
+  [[ -f $1/summary.json ]] || { echo "   no summary.json: see $1.log"; return; }
+  python3 - "$1/summary.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+for c in s["cells"]:
+    conf, chk = c.get("confirmation") or {}, c.get("constant_check") or {}
+    print(f"   {c['id']:<28} {c['verdict']:<16} twin={c.get('twin_mismatches')}/{c.get('twin_compared')} "
+          f"confirmation={conf.get('status', '-')} repeats={c.get('repeats')} "
+          f"stale_constants={c.get('stale_constants_total')} [{','.join(chk.get('names', {})) or '-'}] "
+          f"graphs={(c.get('resolved_engine') or {}).get('graphs_captured')} wall_s={c.get('wall_s')}")
+PY
+}
 eh() { local name=$1; shift
        echo "== $(date -u +%T) $name: evalharness gsm8k ${common[*]} $* --out $out/$name"
        local t0=$SECONDS
        timeout "${SCEN_TIMEOUT:-590}" python3 -m evalharness gsm8k "${common[@]}" "$@" --out "$out/$name" > "$out/$name.log" 2>&1
-       echo "== $name exit code $? in $((SECONDS - t0)) s"
-       grep -E "^(\[[^]]*\] )?max_bt=|^pool|^jobs|^workers" "$out/$name.log" | cut -c1-300; }
+       echo "== $name exit code $? in $((SECONDS - t0)) s"; show "$out/$name"; }
 for s in "$@"; do
   case $s in
     gpu-tests)   timeout 300 python3 -m pytest -q -m gpu tests/test_gpu.py -rA -p no:cacheprovider > "$out/gpu-tests.log" 2>&1
@@ -35,6 +47,7 @@ for s in "$@"; do
     smol-repeat) eh smol-repeat "${smol[@]}" "${data[@]}" --max-bt 256,512,768 --graphs off,on,varlen ;;
     smol-tf554)  eh smol-tf554 "${smol[@]}" "${data[@]}" --max-bt 384 --graphs off,on --engine old=/tmp/tf554 ;;
     gemma-repeat) eh gemma-repeat "${gemma[@]}" "${plat[@]}" --max-bt 256,384,512 --graphs off,on,varlen ;;
+    gemma-repeat3) eh gemma-repeat3 "${gemma[@]}" "${plat[@]}" --max-bt 256,384 --graphs off,varlen --repeat 3 ;;
     gemma-pre)   eh gemma-pre45323 "${gemma[@]}" "${plat[@]}" --max-bt 384 --graphs off,varlen --inject varlen=pre45323 ;;
     gemma-oracle) eh gemma-oracle-constants "${gemma[@]}" "${plat[@]}" --max-bt 384 --graphs off,on,varlen,decode \
                    --oracle constants --cache "$out/runs-oracle" ;;
