@@ -152,6 +152,22 @@ def _stale_constants(sc: dict) -> str:
             f"{first['path']} graph key {tuple(first['key'])})")
 
 
+def _paths_without_graphs(plan: ModePlan, run: RunResult) -> list[str]:
+    """The graph paths the mode turned on on which the run captured no graph (the worker counts captures per path in
+    resolved.graphs_captured; a run without that record, e.g. an older one, is taken at its word)."""
+    captured = (run.meta.get("resolved") or {}).get("graphs_captured") if run.status != "unsupported" else None
+    if not isinstance(captured, dict):
+        return []
+    return [path for path, on in zip(("varlen", "decode"), plan.graphs_effective) if on and not captured.get(path)]
+
+
+def _no_graph_captured(paths: list[str]) -> str:
+    why = (" (transformers gives models with sliding-window layers, e.g. Gemma 3, no decode fast path: their decode "
+           "batches run through the varlen path)") if "decode" in paths else ""
+    return (f"no CUDA graph was captured on the {' and '.join(paths)} path in this run: the engine never took the "
+            f"graphed path, so its graphs were not tested{why}")
+
+
 def decide(plan: ModePlan, run: RunResult, twin: RunResult | None, correct: list[bool], off_run: RunResult | None,
            off_correct: list[bool] | None, thresholds: Thresholds = Thresholds(),
            confirmation: Confirmation | None = None, others: dict[str, RunResult] | None = None) -> ModeOutcome:
@@ -206,6 +222,11 @@ def decide(plan: ModePlan, run: RunResult, twin: RunResult | None, correct: list
         applies[STALE_CONSTANT] = _stale_constants(sc)
     if plan.mode != REFERENCE_MODE and not any(plan.graphs_effective):
         applies[SKIPPED] = "; ".join(plan.notes) or "no graph is captured on this device"
+    elif plan.mode != REFERENCE_MODE and (idle := _paths_without_graphs(plan, run)):
+        if len(idle) == sum(plan.graphs_effective):  # graphs were allowed, yet the run never captured one
+            applies[SKIPPED] = _no_graph_captured(idle)
+        else:
+            outcome.notes.append(_no_graph_captured(idle))
     if (outcome.p_value is not None and outcome.delta_vs_off is not None and outcome.p_value < thresholds.alpha
             and -outcome.delta_vs_off >= thresholds.min_drop):
         applies[ACCURACY_DROP] = (f"accuracy {outcome.delta_vs_off:+.3f} vs off (McNemar p={outcome.p_value:.3g} < "

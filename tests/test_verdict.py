@@ -225,3 +225,28 @@ def test_every_applicable_verdict_yields_to_the_one_first_in_precedence():
     r = run("r", tokens={i: [0] for i in range(10)})
     o = decide(plan(), r, run("t"), right(20, wrong=range(10)), run("off"), right(20))
     assert o.verdict == STALE_GRAPH and o.p_value == pytest.approx(2 / 1024)
+
+
+def captured(key, varlen, decode, **kw):
+    r = run(key, **kw)
+    r.meta = {"resolved": {"graphs_captured": {"varlen": varlen, "decode": decode}}}
+    return r
+
+
+def test_a_graph_mode_that_captured_no_graph_is_skipped_not_passed():
+    """Recorded on the H200: Gemma 3's `decode` run (graphs on the decode path only) captured no graph at all, since
+    transformers gives sliding-window models no decode fast path; equal to its twin, but its graphs were not tested."""
+    o = decide(plan("decode", eff=(False, True)), captured("r", 0, 0), run("t"), right(20), run("off"), right(20))
+    assert o.verdict == SKIPPED and "decode path" in o.reason and "sliding-window" in o.reason
+    assert o.twin_mismatches == 0
+    # the same run differing from its twin is still a finding
+    bad = captured("r", 0, 0, tokens={2: [9]})
+    assert decide(plan("decode", eff=(False, True)), bad, run("t"), right(20), run("off"), right(20)).verdict \
+        == STALE_GRAPH
+
+
+def test_a_graph_mode_with_graphs_on_one_of_its_paths_passes_with_a_note():
+    o = decide(plan("on"), captured("r", 30, 0), run("t"), right(20), run("off"), right(20))
+    assert o.verdict == PASS and any("decode path" in n for n in o.notes)
+    o = decide(plan("on"), captured("r", 30, 16), run("t"), right(20), run("off"), right(20))
+    assert o.verdict == PASS and not o.notes
