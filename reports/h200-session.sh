@@ -64,7 +64,8 @@ for s in "$@"; do
                  echo "== $s exit $?"; tail -5 "$out/$s.log" ;;
     # issue 16
     sweep-ab)    eh sweep-ab "${smol[@]}" "${data[@]}" --max-bt 128:1024:128 --graphs off,on,varlen,decode \
-                   --inject main:varlen=pre45323 --engine main=python3 --engine old=/tmp/tf554 ;;
+                   --inject main:varlen=pre45323 --engine main=python3 --engine old=/tmp/tf554 \
+                   --max-new-tokens "${SWEEP_NEW_TOKENS:-256}" ;;
     audit-pre)   eh audit-pre45323 "${smol[@]}" "${data[@]}" --max-bt 384 --graphs off,varlen --inject varlen=pre45323 --audit ;;
     audit-clean) eh audit-clean "${smol[@]}" "${data[@]}" --max-bt 384 --graphs off,varlen --audit ;;
     *) echo "unknown scenario $s" >&2 ;;

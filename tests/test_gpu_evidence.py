@@ -1,4 +1,4 @@
-"""The committed H200 evidence (reports/h200-positive-controls/, reports/h200-decode/) is what the recorded tokens say.
+"""The committed H200 evidence (reports/h200-positive-controls/, h200-decode/, h200-repeat/) is what the recorded tokens say.
 
 Each folder holds the tool's summary.json and the per-sample log it wrote on the GPU (samples.jsonl.xz: every
 graph run, twin and reference, with token ids and text). These tests rebuild the runs from that log and re-derive,
@@ -21,8 +21,8 @@ from evalharness.stats import mcnemar_exact
 
 REPORTS = Path(__file__).resolve().parents[1] / "reports"
 EVIDENCE = REPORTS / "h200-positive-controls"
-# every recording: folder -> the workload it was run with (questions, max_bt)
-WORKLOADS = {"h200-positive-controls": (600, 384), "h200-decode": (128, 384)}
+# every recording: folder -> the workload it was run with (questions, the max_bt values of its cells)
+WORKLOADS = {"h200-positive-controls": (600, {384}), "h200-decode": (128, {384}), "h200-repeat": (128, {256, 384, 512})}
 FOLDERS = sorted(f"{p.parent.parent.name}/{p.parent.name}" for root in WORKLOADS
                  for p in (REPORTS / root).glob("*/samples.jsonl.xz"))
 
@@ -44,14 +44,17 @@ def load(folder: str) -> tuple[dict, dict[tuple, RunResult], dict[tuple, list[di
 
 def test_every_recorded_scenario_is_checked():
     assert {f"h200-positive-controls/{s}" for s in ("clean", "pre45323", "transformers-5.5.4", "coarse-key")} | \
-        {f"h200-decode/{s}" for s in ("clean", "pre45323", "decode-coarse")} <= set(FOLDERS)
+        {f"h200-decode/{s}" for s in ("clean", "pre45323", "decode-coarse")} | \
+        {f"h200-repeat/{s}" for s in REPEAT_FOLDERS} <= set(FOLDERS)
 
 
 @pytest.mark.parametrize("folder", FOLDERS)
 def test_cells_follow_from_the_recorded_tokens(folder):
     summary, runs, rows = load(folder)
-    assert (summary["n"], summary["max_bt"]) == WORKLOADS[folder.split("/")[0]]
+    n, budgets = WORKLOADS[folder.split("/")[0]]
+    assert summary["n"] == n and summary["max_bt"] in budgets
     for cell in summary["cells"]:
+        assert cell["max_bt"] in budgets
         key = (cell.get("engine"), cell["max_bt"], cell["mode"])
         run, samples = runs[(*key, False)], rows[(*key, False)]
         assert {s["run"] for s in samples} == {cell["run"]}
@@ -83,7 +86,8 @@ def test_cells_follow_from_the_recorded_tokens(folder):
             assert first["attempt"] == 0 and first["compared"] == cell["twin_compared"]
             assert first["mismatches"] == cell["twin_mismatches"]
             n = len(first["first_mismatches"])
-            assert n and [[m["index"], m["token"]] for m in first["first_mismatches"]] == \
+            assert bool(n) == bool(first["mismatches"])  # a first run equal to its twin: a repeat differed
+            assert [[m["index"], m["token"]] for m in first["first_mismatches"]] == \
                    [[m["index"], m["token"]] for m in cell["first_mismatches"][:n]]
 
 
@@ -136,3 +140,83 @@ def test_recorded_correctness_is_lm_evals_scoring(gsm8k_test):
     assert [sc.correct["strict-match"] for sc in scored] == [s["correct"] for s in off]
     assert [sc.answers["strict-match"] for sc in scored] == [s["answer"] for s in off]
     assert task.targets() == [s["target"] for s in off]
+
+
+# --- reports/h200-repeat/: repeatability on Gemma 3 (sliding-window layers), confirmation re-runs kept in full -----
+REPEAT = REPORTS / "h200-repeat"
+REPEAT_FOLDERS = ("gemma-repeat", "gemma-repeat3", "gemma-pre45323")
+
+
+def extra_runs() -> dict[str, RunResult]:
+    """The confirmation re-runs and --repeat runs of h200-repeat (samples.jsonl holds each mode's first run only)."""
+    rows = defaultdict(list)
+    with lzma.open(REPEAT / "extra-runs.jsonl.xz", "rt", encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            rows[r["run"]].append(r)
+    return {k: RunResult(key=k, status="ok", samples=[
+        Sample(index=r["index"], status=r["status"], token_ids=r["token_ids"], text=r["text"], error=r["error"])
+        for r in sorted(v, key=lambda r: r["index"])]) for k, v in rows.items()}
+
+
+@pytest.mark.parametrize("scenario", REPEAT_FOLDERS)
+def test_every_confirmation_follows_from_the_recorded_runs(scenario):
+    """Each cell's confirmation (status, and per run: mismatches and first differing tokens) is what confirm.py says
+    about the recorded runs: the first run from samples.jsonl, the repeats and re-runs from extra-runs.jsonl.xz."""
+    from types import SimpleNamespace
+
+    from evalharness.confirm import confirm
+    from evalharness.config import ModePlan
+
+    summary, runs, _ = load(f"h200-repeat/{scenario}")
+    extra = extra_runs()
+    checked = 0
+    for cell in summary["cells"]:
+        recorded = cell.get("confirmation")
+        if not recorded:
+            continue
+        key = (cell.get("engine"), cell["max_bt"], cell["mode"])
+        results = {**extra, cell["run"]: runs[(*key, False)], "twin": runs[(*key, True)]}
+        roles = {r["run"]: r for r in recorded["runs"]}
+        mp = ModePlan(mode=cell["mode"], max_bt=cell["max_bt"], run=cell["run"], twin="twin", fault=cell["inject"],
+                      graphs_effective=(True, True),
+                      repeats=[k for k, r in roles.items() if r["role"] == "repeat"],
+                      reruns=[k for k, r in roles.items() if r["role"] == "re-run"])
+        plan = SimpleNamespace(runs={k: SimpleNamespace(attempt=r["attempt"]) for k, r in roles.items()})
+        derived = confirm(mp, plan, results).to_json()
+        assert derived == {**recorded, "twin_reruns": derived["twin_reruns"]} and not recorded["twin_reruns"]
+        checked += 1
+    assert checked
+
+
+def _repeat_cells() -> dict[str, dict]:
+    return {f"{s}:{c['id']}": c for s in REPEAT_FOLDERS for c in load(f"h200-repeat/{s}")[0]["cells"]}
+
+
+def test_clean_gemma_graph_cells_are_never_called_stale():
+    """Issue 14's repeatability evidence: clean graph cells on Gemma 3 at three budgets, the GPU shared by up to 14
+    workers: no STALE_GRAPH and no stale constant; what differs from the twin is never reproduced by a re-run
+    (NONDETERMINISTIC), and it is always the same place: sample 0, the first generated token."""
+    cells = {k: c for k, c in _repeat_cells().items() if "pre45323" not in k and c["mode"] != "off"}
+    assert len(cells) == 8 and {c["max_bt"] for c in cells.values()} == {256, 384, 512}
+    for c in cells.values():
+        assert c["verdict"] in ("PASS", "NONDETERMINISTIC") and c["stale_constants_total"] == 0
+        assert c["constant_check"]["replays_checked"] > 0 and c["resolved_engine"]["graphs_captured"]["varlen"] > 0
+        if c["verdict"] == "NONDETERMINISTIC":
+            conf = c["confirmation"]
+            assert conf["status"] == "not_reproduced" and 0 < conf["runs_matching_twin"] < conf["runs_compared"]
+            for r in conf["runs"]:
+                assert r["mismatches"] in (0, 1)
+                assert all((m["index"], m["token"]) == (0, 0) for m in r["first_mismatches"])
+        else:
+            assert c["twin_mismatches"] == 0
+
+
+def test_pre45323_on_gemma_is_a_confirmed_stale_graph_naming_every_layer_types_constant():
+    """The positive control on the hybrid model: pre-#45323 on varlen is STALE_GRAPH, confirmed by a re-run with the
+    same mismatches, and the constant check names max_seqlen_q and max_seqlen_k of both layer types."""
+    cell = _repeat_cells()["gemma-pre45323:384/attn=torch-flash/varlen"]
+    assert cell["verdict"] == "STALE_GRAPH" and cell["confirmation"]["status"] == "confirmed"
+    assert cell["twin_mismatches"] > 0 and cell["stale_constants_total"] > 0
+    assert {"max_seqlen_q", "max_seqlen_k[full_attention]", "max_seqlen_k[sliding_attention]"} <= \
+        set(cell["constant_check"]["names"])
