@@ -220,3 +220,28 @@ def test_pre45323_on_gemma_is_a_confirmed_stale_graph_naming_every_layer_types_c
     assert cell["twin_mismatches"] > 0 and cell["stale_constants_total"] > 0
     assert {"max_seqlen_q", "max_seqlen_k[full_attention]", "max_seqlen_k[sliding_attention]"} <= \
         set(cell["constant_check"]["names"])
+
+
+# --- reports/h200-speed/: the benchmark's JSON follows from the verdict it timed ------------------------------------
+def test_the_speed_benchmark_follows_from_its_verdicts_summary():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_verdict", REPORTS.parent / "benchmarks" / "gpu_verdict.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    root = REPORTS / "h200-speed" / "gemma3-270m"
+    speed = json.loads((root / "verdict-speed.json").read_text())
+    folder = root / Path(speed["command"].split("--out ")[1].split()[0]).name
+    summary = json.loads((folder / "summary.json").read_text())
+    rows = bench.runs_of(summary)
+    assert speed["runs"] == rows and speed["jobs"] == len(rows) == 6
+    slowest = max(rows, key=lambda r: r["wall_s"])
+    assert speed["slowest_key"] == slowest["key"] and speed["ratio"] == speed["wall_s"] / speed["slowest_solo_s"]
+    assert speed["verdicts"] == {m: c["verdict"] for m, c in summary["modes"].items()}
+    assert speed["model_loads"] == summary["pool"]["model_loads"] <= speed["workers"] and speed["timeouts"] == 0
+    # the README's diagnosis: generation is short, and the loads ended one after another (a queue), not together
+    assert max(r["generate_s"] for r in rows) < 100 < sorted(r["load_s"] for r in rows)[2]
+    # two verdicts at once: the second one sized itself around the first one's claim
+    logs = [(root / f"{p.name}.log").read_text() for p in sorted(root.glob("concurrent-*")) if p.is_dir()]
+    assert len(logs) == len(speed["concurrent"]["walls"]) == 2
+    assert sum("held by other invocations" in log for log in logs) == 1
