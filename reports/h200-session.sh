@@ -49,6 +49,8 @@ for s in "$@"; do
     gemma-repeat) eh gemma-repeat "${gemma[@]}" "${plat[@]}" --max-bt 256,384,512 --graphs off,on,varlen ;;
     gemma-repeat3) eh gemma-repeat3 "${gemma[@]}" "${plat[@]}" --max-bt 256,384 --graphs off,varlen --repeat 3 ;;
     gemma-pre)   eh gemma-pre45323 "${gemma[@]}" "${plat[@]}" --max-bt 384 --graphs off,varlen --inject varlen=pre45323 ;;
+    # issue 14's open question: is Gemma 3's non-deterministic first token (reports/h200-repeat/) async batching's?
+    gemma-async) eh gemma-async "${gemma[@]}" "${plat[@]}" --max-bt 384,512 --graphs off,varlen --async on,off --repeat 4 ;;
     gemma-oracle) eh gemma-oracle-constants "${gemma[@]}" "${plat[@]}" --max-bt 384 --graphs off,on,varlen,decode \
                    --oracle constants --cache "$out/runs-oracle" ;;
     # issue 12 (and issue 18's oracle timing): one full verdict timed, its slowest run alone, two at once
