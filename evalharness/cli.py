@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import shlex
 import sys
 from pathlib import Path
@@ -73,16 +72,17 @@ def cmd_gsm8k(args, argv) -> int:
         from .plan import default_out
 
         s, line = machine_defaults(s, argv, detect_cuda())
-        if s.out is None:  # decided here, so that an interrupted run can say where it is
-            s = dataclasses.replace(s, out=default_out())
-    if s.history:
+        if s.output.folder is None:  # decided here, so that an interrupted run can say where it is
+            s = settings.replace(s, out=default_out())
+    if s.output.history:
         from .history import ensure_appendable
 
-        ensure_appendable(s.history)  # before the run: an unwritable history would lose it at the end
+        ensure_appendable(s.output.history)  # before the run: an unwritable history would lose it at the end
     try:  # the defaults line once the settings proved valid (a usage error stays one line)
         ev = evaluate(s, on_start=(lambda: print(line, flush=True)) if line else None)
     except KeyboardInterrupt:
-        print(f"evalharness: interrupted; finished runs are kept in {s.out} (evalharness gsm8k --resume {s.out} "
+        out = s.output.folder
+        print(f"evalharness: interrupted; finished runs are kept in {out} (evalharness gsm8k --resume {out} "
               "finishes the run)", file=sys.stderr)
         return 130
     grouped = len({(o.engine, o.axes) for o in ev.outcomes}) > 1

@@ -17,7 +17,7 @@ one line that says what was chosen (None when nothing was).
 
 from __future__ import annotations
 
-import dataclasses
+from . import settings
 
 CPU_DEFAULTS = {"limit": ("--limit", 10), "prompt": ("--prompt", "chat"), "max_new_tokens": ("--max-new-tokens", 32),
                 "dtype": ("--dtype", "fp32")}
@@ -34,17 +34,18 @@ def given(argv: list[str], flag: str) -> bool:
 def machine_defaults(s, argv: list[str], cuda: bool):
     """(settings, line): CPU-sized workload without CUDA, a model with a meaningful accuracy with it."""
     if cuda:
-        if s.model is None and not given(argv, "--model"):
-            return (dataclasses.replace(s, model=GPU_MODEL),
+        if s.model.name is None and not given(argv, "--model"):
+            return (settings.replace(s, model=GPU_MODEL),
                     f"evalharness: CUDA device found: default model {GPU_MODEL} (GSM8K accuracy ~0.1-0.25, so "
                     "accuracy drops can show; --model smollm2-135m for the small one)")
         return s, None
     chosen = {name: value for name, (flag, value) in CPU_DEFAULTS.items() if not given(argv, flag)}
-    if s.task or given(argv, "--fewshot"):  # the task's own prompt, or shots asked for: not the zero-shot chat style
+    # the task's own prompt, or shots asked for: not the zero-shot chat style
+    if s.workload.task or given(argv, "--fewshot"):
         chosen.pop("prompt", None)
     if not chosen:
         return s, None
     flags = " ".join(f"{CPU_DEFAULTS[name][0]} {value}" for name, value in chosen.items())
-    return (dataclasses.replace(s, **chosen),
+    return (settings.replace(s, **chosen),
             f"evalharness: no CUDA device: CPU-sized defaults {flags} (graph modes will be SKIPPED; give these "
             "options to override)")

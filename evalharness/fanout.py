@@ -16,7 +16,7 @@ from .engine import Job
 from .execute import engine_interpreter, run_job_cached
 from .pipeline import finish
 from .plan import prepare_jobs
-from .settings import Settings, add_arguments
+from .settings import Settings, add_arguments, replace
 from .store import FORMAT, save_settings, settings_from_json
 
 JOBS_FILE = "jobs.json"
@@ -33,7 +33,7 @@ def plan_doc(p) -> dict:
         entries.append({
             "index": i, "id": job.job_dir.name, "job_dir": job_dir, "run": job.key,
             "engine": dataclasses.asdict(job.engine), "engine_name": job.engine.engine,
-            "engine_path": p.settings.engines.get(job.engine.engine), "model": job.model,
+            "engine_path": p.settings.matrix.engines.get(job.engine.engine), "model": job.model,
             "max_new_tokens": job.max_new_tokens, "chat": job.chat, "timeout_s": job.timeout_s, "stall_s": job.stall_s,
             "label": job.label,
             "serves": p.plan.served_by(job.key), "command": f"evalharness run-job {p.out} {job.job_dir.name}",
@@ -98,7 +98,7 @@ def merge(folders: list[Path], out: Path | None = None, progress: bool = False):
         if other["ids"] != doc["ids"] or other["settings"] != doc["settings"]:
             raise UsageError(f"merge: {f}/{JOBS_FILE} is another plan than {plans[0][0]}/{JOBS_FILE}")
     s = settings_from_json(doc["settings"])
-    s = dataclasses.replace(s, out=Path(out or folders[0]), progress=progress)
+    s = replace(s, out=Path(out or folders[0]), progress=progress)
     p = prepare_jobs(s, cuda=doc["cuda"], model=doc["model"], probes=doc["probes"],
                      interpreters={k: tuple(v) for k, v in doc["interpreters"].items()})
     if p.fingerprint != doc["workload"]:
@@ -141,7 +141,7 @@ def add_parsers(sub) -> None:
 
 def write_plan(s: Settings, args) -> int:
     """`evalharness plan`: gsm8k's settings (cli.cmd_gsm8k builds them) -> OUT/settings.json and OUT/jobs.json."""
-    if s.out is None:
+    if s.output.folder is None:
         raise UsageError("plan: --out DIR is required (jobs.json and the jobs' folders go there)")
     p = prepare_jobs(s, cuda={"auto": None, "yes": True, "no": False}[args.cuda])
     save_settings(p)

@@ -56,18 +56,19 @@ def evaluate(s: Settings, on_start=None, engine: Engine | None = None, **given) 
         on_start()
     pool: dict = {}
     watch = None
-    if s.fail_fast:
+    if s.execution.fail_fast:
         from .failfast import FailFast
 
         watch = FailFast(p.plan, p.jobs).check
-    results = run_jobs(p.jobs, workers=s.jobs, devices=s.devices, progress=s.progress, cuda=p.cuda, report=pool,
+    run = s.execution
+    results = run_jobs(p.jobs, workers=run.jobs, devices=run.devices, progress=run.progress, cuda=p.cuda, report=pool,
                        watch=watch, engine=engine)
-    if s.confirm:  # confirmation re-runs (graph runs, then twins when in doubt) until confirm.py needs no more
+    if s.verdict.confirm:  # confirmation re-runs (graph runs, then twins when in doubt) until confirm.py needs no more
         while extra := reruns_needed(p.plan, results):
             jobs = [make_job(p, key, cfg) for key, cfg in extra.items()]
             p.jobs.extend(jobs)
             more: dict = {}
-            results.update(run_jobs(jobs, workers=s.jobs, devices=s.devices, progress=s.progress, cuda=p.cuda,
+            results.update(run_jobs(jobs, workers=run.jobs, devices=run.devices, progress=run.progress, cuda=p.cuda,
                                     engine=engine, report=more))
             if more and pool:  # the re-runs' workers and model loads count too
                 pool["processes"] += more["processes"]
@@ -82,9 +83,9 @@ def finish(p: Prepared, results: dict[str, RunResult], pool: dict | None = None)
     gets this run's lines) -> the report files in p.out, each written once. `pool`: the worker pool's account."""
     scores = score(p, results)
     summary = summarise(p, results, scores, pool)
-    if p.settings.history:
-        summary = dataclasses.replace(summary, history=history.check(summary, p.task, p.out, p.settings.history,
-                                                                     alpha=p.settings.alpha))
+    if p.settings.output.history:
+        summary = dataclasses.replace(summary, history=history.check(summary, p.task, p.out, p.settings.output.history,
+                                                                     alpha=p.settings.verdict.alpha))
     write_reports(summary, p.out)
     return Evaluation(p.settings, p.task, p.model, p.plan, results, scores, summary, p.out)
 

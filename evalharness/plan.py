@@ -6,7 +6,6 @@ fanout.py's plan/run-job/merge split them across machines).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import time
@@ -20,7 +19,7 @@ from .engine.process import default_limits
 from .execute import detect_cuda, engine_interpreter, probe_engines
 from .lmeval_task import TaskSpec
 from .parsers import parse_injections
-from .settings import Settings
+from .settings import Settings, replace
 from .store import job_hash, settings_json
 
 
@@ -37,8 +36,9 @@ def unsupported_modes(plan: Plan, probes: dict) -> dict[str, str]:
 
 
 def workload_fingerprint(task: TaskSpec, model: dict, s: Settings) -> str:
-    blob = json.dumps({"prompts": task.prompts, "model": model, "max_new_tokens": s.max_new_tokens,
-                       "chat": s.prompt == "chat"}, sort_keys=True)
+    w = s.workload  # the blob's keys and values as the flat settings gave them: cached runs keep their key
+    blob = json.dumps({"prompts": task.prompts, "model": model, "max_new_tokens": w.max_new_tokens,
+                       "chat": w.prompt == "chat"}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -46,14 +46,16 @@ def prepare(s: Settings, model: dict | None = None):
     """Everything that can fail on bad input, before any engine runs (each failure is a UsageError). A given `model`
     (as models.resolve returned it, e.g. where a plan was made) is used as is. Returns the settings as settled
     (a --task fixes the prompt style), the data source, the task, the model and the injections."""
-    injections = parse_injections(s.inject, s.modes, list(s.engines))
-    if s.task and s.prompt != "fewshot":
+    injections = parse_injections(s.matrix.inject, s.matrix.modes, list(s.matrix.engines))
+    w = s.workload
+    if w.task and w.prompt != "fewshot":
         raise UsageError("--task and --prompt: give one (the task's YAML fixes its prompt)")
     # --prompt STYLE is --task STYLE_TASKS[STYLE] on the embedded GSM8K copy (or --data)
-    task = TaskSpec(s.task, data=s.data, fewshot_data=s.fewshot_data, num_fewshot=s.fewshot, limit=s.limit,
-                    primary_filter=s.filter, include_path=s.include_path, prompt=None if s.task else s.prompt)
-    s = dataclasses.replace(s, prompt=task.style)  # chat tasks get the chat template, as --prompt chat does
-    model = model or models.resolve(s.model, s.gguf_file, s.dtype, s.trust_remote_code)
+    task = TaskSpec(w.task, data=w.data, fewshot_data=w.fewshot_data, num_fewshot=w.fewshot, limit=w.limit,
+                    primary_filter=w.filter, include_path=w.include_path, prompt=None if w.task else w.prompt)
+    s = replace(s, prompt=task.style)  # chat tasks get the chat template, as --prompt chat does
+    m = s.model
+    model = model or models.resolve(m.name, m.gguf_file, m.dtype, m.trust_remote_code)
     return s, task.source, task, model, injections
 
 
@@ -104,25 +106,26 @@ def prepare_jobs(s: Settings, cuda: bool | None = None, model: dict | None = Non
     elsewhere) are used instead of asking this machine."""
     saved = settings_json(s)
     s, source, task, model, injections = prepare(s, model)
-    attns = s.attns
+    mx = s.matrix
+    attns = mx.attns
     caps = Capabilities(cuda=detect_cuda() if cuda is None else cuda, attn=attns[0])
     if "torch-flash" in attns and not caps.cuda:
         raise UsageError("--attn torch-flash needs a CUDA GPU (PyTorch's FlashAttention varlen kernel); use --attn "
                          "sdpa on CPU")
-    interpreters = interpreters or {name: engine_interpreter(path) for name, path in s.engines.items()}
-    probes = probes or probe_engines(s.engines, interpreters)
-    plan = plan_runs(s.modes, s.max_bts, caps, injections, engines=list(s.engines),
-                     axes=axes_matrix(attns, s.asyncs, s.compiles, s.fast_paths), audit=s.audit, repeat=s.repeat,
-                     oracle=s.oracle)
+    interpreters = interpreters or {name: engine_interpreter(path) for name, path in mx.engines.items()}
+    probes = probes or probe_engines(mx.engines, interpreters)
+    plan = plan_runs(mx.modes, mx.max_bts, caps, injections, engines=list(mx.engines),
+                     axes=axes_matrix(attns, mx.asyncs, mx.compiles, mx.fast_paths), audit=mx.audit,
+                     repeat=s.verdict.repeat, oracle=s.verdict.oracle)
     unsupported = unsupported_modes(plan, probes)
     needed = {k for mp in plan.modes if mp.cell_id not in unsupported for k in (*mp.graph_runs, mp.twin) if k}
-    out = s.out or default_out()
+    out = s.output.folder or default_out()
     ensure_writable_folder(out, "--out")
-    if s.cache is not None:
-        ensure_writable_folder(s.cache, "--cache")
+    if s.execution.cache is not None:
+        ensure_writable_folder(s.execution.cache, "--cache")
     fingerprint = workload_fingerprint(task, model, s)
     # the hang signal is a stall (no finished request, no engine step); --timeout-s adds a limit on the total
-    timeout = s.timeout_s
+    timeout = s.execution.timeout_s
     stall = default_limits(caps.cuda).stall_s  # x3 with --compile: a first step may compile for minutes
 
     p = Prepared(s, saved, source, task, model, plan, unsupported, probes, interpreters, caps.cuda, fingerprint,
@@ -138,7 +141,8 @@ def make_job(p: Prepared, key: str, cfg, stall: float | None = None) -> Job:
     job_key = job_hash(p.fingerprint, python, pythonpath, key, p.probes.get(cfg.engine, {}), p.model)
     label = f"[{', '.join(p.plan.served_by(key))}] {cfg.describe()}"
     return Job(key=key, engine=cfg, model={k: v for k, v in p.model.items() if k != "label"},
-               prompts=p.task.prompts, max_new_tokens=s.max_new_tokens,
-               job_dir=(s.cache or p.out / "runs") / job_key, chat=s.prompt == "chat", timeout_s=p.timeout_s,
+               prompts=p.task.prompts, max_new_tokens=s.workload.max_new_tokens,
+               job_dir=(s.execution.cache or p.out / "runs") / job_key, chat=s.workload.prompt == "chat",
+               timeout_s=p.timeout_s,
                stall_s=(stall if stall is not None else default_limits(p.cuda).stall_s) * (3 if cfg.compile_level else 1),
                label=label, python=python, pythonpath=pythonpath)

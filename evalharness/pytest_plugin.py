@@ -138,10 +138,10 @@ class AccuracySuite(pytest.Collector):
             s = suite_settings(self.suite)
         except UsageError as e:
             raise self.CollectError(f"{self.path}: suite {self.name!r}: {e}")
-        attns = s.attns
+        attns = s.matrix.attns
         for attn in attns:
-            for bt in s.max_bts:
-                for mode in s.modes:
+            for bt in s.matrix.max_bts:
+                for mode in s.matrix.modes:
                     extra = f",attn={attn}" if len(attns) > 1 else ""
                     item = AccuracyItem.from_parent(self, name=f"{mode}[max_bt={bt}{extra}]", mode=mode, max_bt=bt,
                                                     attn=attn)

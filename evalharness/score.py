@@ -24,7 +24,7 @@ def score(p: Prepared, results: dict[str, RunResult]) -> Scores:
     scored = {key: task.score([smp.text for smp in r.samples]) for key, r in results.items()}
     correct = {key: [sc.correct[task.primary_filter] and smp.status == "ok"
                      for sc, smp in zip(rows, results[key].samples)] for key, rows in scored.items()}
-    thresholds = Thresholds(p.settings.alpha, p.settings.min_drop)
+    thresholds = Thresholds(p.settings.verdict.alpha, p.settings.verdict.min_drop)
     outcomes = []
     for mp in plan.modes:
         if mp.cell_id in unsupported:

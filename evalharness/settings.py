@@ -1,104 +1,66 @@
-"""The settings of one `evalharness gsm8k` run: one typed, frozen dataclass, `Settings`.
+"""The settings of one `evalharness gsm8k` run: one typed, frozen `Settings`, made of frozen groups by concern
+(`s.model`, `s.workload`, `s.matrix`, `s.verdict`, `s.execution`, `s.output`; e.g. `s.model.gguf_file`).
 
-Everything that reads or writes settings is derived from `Settings`' fields and the `Option` in each field's
-metadata; nothing lists the options by hand:
+Everything that reads or writes settings is derived from the groups' fields and the `Option` in each field's
+metadata (options.py walks the nesting); nothing lists the options by hand:
 
 - the `evalharness gsm8k` / `evalharness plan` parser (`add_arguments`, then `from_args`): flag, help, argparse
-  extras, and `parse`, which turns the command line's text into the field's value (raising `UsageError`);
+  extras, and `parse`, which turns the command line's text into the field's value (raising `UsageError`); each group
+  is a section of --help;
 - the keys of accuracy suites (`suite_keys`, `from_suite`; accuracy_suites.py): the flag without its dashes;
 - which options may accompany `--resume` (`resume_conflicts`, `resume_overrides`): `resume=True`;
-- settings.json (`to_json`, `from_json`; store.py writes and reads the file).
+- settings.json (store.py's `settings_json`, `settings_from_json`): nested like `Settings` (format 2); the flat
+  settings of format 1, keyed by the options' names, are still read.
 
-Adding an option is a one-place change: add a field to `Settings` with `option("--flag", RAW_DEFAULT, help=...,
-parse=...)`, where RAW_DEFAULT is what the command line gives when the flag is absent and `parse(raw)` the typed value
-(the field's default is `parse(RAW_DEFAULT)`; parsers are in parsers.py and config.py). Say `resume=True` if it
-changes how jobs run but never what they compute, `suite=False` if accuracy suites should not set it, `path="local"`
-for a local file or folder (made absolute in settings.json, relative to the suite file in suites). Then read it as
-`settings.NAME` where it is needed.
+Adding an option is a one-place change: add a field to the group it concerns with `option("--flag", RAW_DEFAULT,
+help=..., parse=...)`, where RAW_DEFAULT is what the command line gives when the flag is absent and `parse(raw)` the
+typed value (the field's default is `parse(RAW_DEFAULT)`; parsers are in parsers.py and config.py). Say
+`resume=True` if it changes how jobs run but never what they compute, `suite=False` if accuracy suites should not
+set it, `path="local"` for a local file or folder (made absolute in settings.json, relative to the suite file in
+suites). Then read it as `settings.GROUP.NAME` where it is needed.
 
-The object is frozen: a stage that settles a value (e.g. a `--task`'s prompt style) makes a new one with
-`dataclasses.replace`.
+The object is frozen: a stage that settles a value (e.g. a `--task`'s prompt style) makes a new one with `replace`,
+which takes options by name (`replace(s, prompt="chat")`); `make(**options)` builds one the same way.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
 
-from .config import FAULTS, ORACLES, UsageError
+from . import options as opts
+from .config import FAULTS, ORACLES
+from .options import group, option
 from .parsers import (absolute_if_local, fraction, number, parse_attns, parse_compile, parse_devices, parse_engines,
                       parse_jobs, parse_max_bt, parse_modes, parse_switch, path_or_none, positive_int, positive_number,
                       resolved_paths, str_or_none)
 
-# --- the option metadata ---------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Option:
-    """How one `Settings` field appears on the command line, in suites, with --resume and in settings.json."""
-
-    flag: str  # e.g. "--max-bt"; the suite key is "max_bt"
-    raw_default: Any  # what the command line gives when the flag is absent
-    help: str | None = None
-    parse: Callable[[Any], Any] | None = None  # raw (text, or a list for repeatable flags) -> value
-    choices: tuple | None = None
-    action: str | None = None  # argparse action: "append", "store_true", "store_false", "store_const"
-    const: Any = None  # for action="store_const"
-    metavar: str | None = None
-    also: tuple = ()  # more flags with the same destination: (flag, const, help) for store_const
-    resume: bool = False  # may accompany --resume: changes how jobs run, never what they compute
-    suite: bool = True  # a key of accuracy suites
-    path: str | None = None  # "local": a local file or folder; "suite": resolved against a suite file only
-    save: Callable[[Any], Any] | None = None  # value -> JSON (settings.json); default: as is
-    load: Callable[[Any], Any] | None = None  # JSON -> value; default: as is
-
-    @property
-    def key(self) -> str:
-        return self.flag.lstrip("-").replace("-", "_")
-
-    def value(self, raw):
-        if self.choices is not None and raw is not None and raw not in self.choices:
-            raise UsageError(f"{self.flag}: invalid choice {raw!r} (choose from {', '.join(self.choices)})")
-        return self.parse(raw) if self.parse else raw
-
-
-def option(flag: str, raw_default: Any = None, **kw) -> Any:
-    """A `Settings` field for the option `flag`; its default is the parsed `raw_default`."""
-    opt = Option(flag, raw_default, **kw)
-    default = opt.value(raw_default)
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: copy.deepcopy(default), metadata={"option": opt})
-    return field(default=default, metadata={"option": opt})
-
-
-def options() -> dict[str, Option]:
-    """Field name -> Option, in declaration order (the --help order)."""
-    return {f.name: f.metadata["option"] for f in dataclasses.fields(Settings) if "option" in f.metadata}
-
-
 # --- the settings ----------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Settings:
-    # what to evaluate: model and data
-    model: str | None = option("--model", help="local folder, hub id, or embedded GGUF model: smollm2-135m "
-                               "(default), qwen2.5-coder-0.5b, gemma3-270m", path="local", save=absolute_if_local)
+class ModelSettings:
+    """The model and how it is loaded."""
+
+    name: str | None = option("--model", name="model", help="local folder, hub id, or embedded GGUF model: "
+                              "smollm2-135m (default), qwen2.5-coder-0.5b, gemma3-270m", path="local",
+                              save=absolute_if_local)
     gguf_file: str | None = option("--gguf-file", help="GGUF file inside --model's folder", path="suite")
+    dtype: str = option("--dtype", "bf16", choices=("bf16", "fp16", "fp32", "auto"))
+    trust_remote_code: bool = option("--trust-remote-code", False, action="store_true",
+                                     help="allow model code from the hub (off by default)")
+
+
+@dataclass(frozen=True)
+class WorkloadSettings:
+    """The workload: the data, the task and its prompts, the filter that decides `correct`."""
+
     data: str | None = option("--data", help="hub dataset id (default openai/gsm8k, config main, split test) or a "
                               "local JSONL/parquet file with question/answer fields", path="local",
                               save=absolute_if_local)
     fewshot_data: str | None = option("--fewshot-data", help="local file the few-shot examples come from (default: "
                                       "train.jsonl next to --data)", path="local", save=absolute_if_local)
     limit: int | None = option("--limit", help="first N test rows (default: all)", parse=positive_int("--limit"))
-    # the run matrix
-    modes: list[str] = option("--graphs", "off,on,varlen,decode", help="modes: off,on,varlen,decode",
-                              parse=parse_modes)
-    max_bts: list[int] = option("--max-bt", "384", help="max_batch_tokens: 384, a list 128,256 or a range "
-                                "128:1024:128", parse=parse_max_bt)
-    # the prompts
     prompt: str = option("--prompt", "fewshot", choices=("fewshot", "cot", "chat"),
                          help="shorthand for --task evalharness_gsm8k, evalharness_gsm8k_cot or "
                          "evalharness_gsm8k_chat, on the embedded GSM8K copy unless --data is given")
@@ -111,7 +73,18 @@ class Settings:
     fewshot: int | None = option("--fewshot", help="number of shots (default 5 for fewshot, 8 for cot)",
                                  parse=number("--fewshot", int))
     max_new_tokens: int = option("--max-new-tokens", 256, parse=positive_int("--max-new-tokens"))
-    # engine knobs (the first four are axes of the run matrix)
+    filter: str | None = option("--filter", help="lm-eval filter that decides `correct` (default strict-match; "
+                                "flexible-extract for chat)")
+
+
+@dataclass(frozen=True)
+class MatrixSettings:
+    """The run matrix: graph modes, max_batch_tokens and the engine axes, engines, injected faults, the replay audit."""
+
+    modes: list[str] = option("--graphs", "off,on,varlen,decode", help="modes: off,on,varlen,decode",
+                              parse=parse_modes)
+    max_bts: list[int] = option("--max-bt", "384", help="max_batch_tokens: 384, a list 128,256 or a range "
+                                "128:1024:128", parse=parse_max_bt)
     attns: list[str] = option("--attn", "sdpa", parse=parse_attns, help="attention backend(s), comma-separated "
                               "(an axis): sdpa, eager, torch-flash, flash_attention_2, flash_attention_3")
     asyncs: list[bool | None] = option("--async", parse=lambda t: parse_switch(t, "--async"), suite=False,
@@ -121,64 +94,17 @@ class Settings:
     fast_paths: list[bool | None] = option("--decode-fast-path", parse=lambda t: parse_switch(t, "--decode-fast-path"),
                                            suite=False, help="decode fast path axis (max_blocks_per_request): on, "
                                            "off or on,off")
-    dtype: str = option("--dtype", "bf16", choices=("bf16", "fp16", "fp32", "auto"))
-    out: Path | None = option("--out", parse=path_or_none, suite=False, save=str_or_none, load=path_or_none,
-                              help="report folder (default reports/<timestamp>-gsm8k/)")
-    inject: list[str] = option("--inject", [], action="append", metavar="MODE=FAULT", help="inject a fault into one "
-                               f"mode's worker: {', '.join(FAULTS)}")
-    # verdict thresholds and scoring
-    alpha: float = option("--alpha", 0.05, parse=fraction("--alpha"),
-                          help="McNemar significance level for ACCURACY_DROP")
-    min_drop: float = option("--min-drop", 0.02, parse=number("--min-drop"),
-                             help="smallest accuracy drop vs off that counts")
-    filter: str | None = option("--filter", help="lm-eval filter that decides `correct` (default strict-match; "
-                                "flexible-extract for chat)")
-    # how the jobs run
-    timeout_s: float | None = option("--timeout-s", parse=positive_number("--timeout-s"),
-                                     help="a limit on each run's total time (default none: a run is hung when it "
-                                     "finishes no request and takes no engine step for 5 min on a GPU, 10 on a CPU)")
-    trust_remote_code: bool = option("--trust-remote-code", False, action="store_true",
-                                     help="allow model code from the hub (off by default)")
-    jobs: int | str = option("--jobs", parse=parse_jobs, resume=True, suite=False,
-                             help="workers at a time, each serving the runs of one patch set with one model load: N "
-                             "or auto (as many as GPU memory and CPU cores allow: the default on CUDA; on a CPU 1, or "
-                             "one per --devices entry)")
-    fail_fast: bool = option("--fail-fast", False, action="store_true", suite=False,
-                             help="stop a cell's runs at its first twin mismatch: STALE_GRAPH without a "
-                             "confirmation re-run (CI that needs only the verdict)")
-    devices: list[str] | None = option("--devices", parse=parse_devices, resume=True, suite=False,
-                                       help="GPUs for the workers, e.g. 0,1,2,3 (one worker per device unless --jobs "
-                                       "is larger, then shared round robin)")
-    cache: Path | None = option("--cache", parse=path_or_none, suite=False, load=path_or_none,
-                                save=lambda p: None if p is None else str(Path(p).resolve()),
-                                help="engine-run cache folder (default OUT/runs); runs already there with the same "
-                                "hash are reused, so invocations can share it")
-    audit: str | None = option("--audit", action="store_const", const="first", suite=False,
-                               help="re-run every CUDA-graph replay eagerly and name the graph key and launch "
-                               "constant of the first mismatch",
-                               also=(("--audit-all", "all", "like --audit, keeping every mismatching replay"),))
-    # the oracle and its confirmation (verdict.py, confirm.py)
-    confirm: bool = option("--no-confirm", True, action="store_false",
-                           help="do not re-run a graph run that differs from its twin (saves one run per flagged "
-                           "cell; STALE_GRAPH is then unconfirmed and a non-deterministic engine cannot be told from a "
-                           "stale graph)")
-    repeat: int = option("--repeat", 1, parse=positive_int("--repeat"), metavar="N",
-                         help="run every graph mode N times (distinct jobs), each against the same twin, and report "
-                         "how many matched")
-    oracle: str = option("--oracle", "twin", choices=ORACLES,
-                         help="what decides staleness: twin (padded-eager twins, default), constants (the worker's "
-                         "stale-constant check alone: graph modes and off, no twins, fast), both")
     engines: dict[str, str | None] = option("--engine", [], action="append", metavar="[NAME=]PATH", suite=False,
                                             parse=parse_engines, help="run the workers under a transformers build: a "
                                             "python interpreter, a venv, or a folder holding the package (pip install "
                                             "--target DIR transformers==5.5.4); repeat to compare engines side by "
                                             "side")
-    progress: bool = option("--no-progress", True, action="store_false", resume=True, suite=False)
-    history: Path | None = option("--history", parse=path_or_none, resume=True, suite=False, metavar="FILE",
-                                  save=str_or_none, load=path_or_none, help="append one line per cell to this "
-                                  "JSONL history and report drift vs the last passing run on the same "
-                                  "model/task/device (drift exits 1)")
-    command: str = ""  # the command line that made these settings (not an option)
+    inject: list[str] = option("--inject", [], action="append", metavar="MODE=FAULT", help="inject a fault into one "
+                               f"mode's worker: {', '.join(FAULTS)}")
+    audit: str | None = option("--audit", action="store_const", const="first", suite=False,
+                               help="re-run every CUDA-graph replay eagerly and name the graph key and launch "
+                               "constant of the first mismatch",
+                               also=(("--audit-all", "all", "like --audit, keeping every mismatching replay"),))
 
     @property
     def attn(self) -> str:
@@ -186,12 +112,104 @@ class Settings:
         return self.attns[0]
 
 
+@dataclass(frozen=True)
+class VerdictSettings:
+    """The oracle, its confirmation re-runs and the accuracy verdict's thresholds (verdict.py, confirm.py)."""
+
+    oracle: str = option("--oracle", "twin", choices=ORACLES,
+                         help="what decides staleness: twin (padded-eager twins, default), constants (the worker's "
+                         "stale-constant check alone: graph modes and off, no twins, fast), both")
+    confirm: bool = option("--no-confirm", True, action="store_false",
+                           help="do not re-run a graph run that differs from its twin (saves one run per flagged "
+                           "cell; STALE_GRAPH is then unconfirmed and a non-deterministic engine cannot be told from a "
+                           "stale graph)")
+    repeat: int = option("--repeat", 1, parse=positive_int("--repeat"), metavar="N",
+                         help="run every graph mode N times (distinct jobs), each against the same twin, and report "
+                         "how many matched")
+    alpha: float = option("--alpha", 0.05, parse=fraction("--alpha"),
+                          help="McNemar significance level for ACCURACY_DROP")
+    min_drop: float = option("--min-drop", 0.02, parse=number("--min-drop"),
+                             help="smallest accuracy drop vs off that counts")
+
+
+@dataclass(frozen=True)
+class ExecutionSettings:
+    """How the jobs run: workers, devices, limits, the run cache, progress."""
+
+    jobs: int | str = option("--jobs", parse=parse_jobs, resume=True, suite=False,
+                             help="workers at a time, each serving the runs of one patch set with one model load: N "
+                             "or auto (as many as GPU memory and CPU cores allow: the default on CUDA; on a CPU 1, or "
+                             "one per --devices entry)")
+    devices: list[str] | None = option("--devices", parse=parse_devices, resume=True, suite=False,
+                                       help="GPUs for the workers, e.g. 0,1,2,3 (one worker per device unless --jobs "
+                                       "is larger, then shared round robin)")
+    timeout_s: float | None = option("--timeout-s", parse=positive_number("--timeout-s"),
+                                     help="a limit on each run's total time (default none: a run is hung when it "
+                                     "finishes no request and takes no engine step for 5 min on a GPU, 10 on a CPU)")
+    fail_fast: bool = option("--fail-fast", False, action="store_true", suite=False,
+                             help="stop a cell's runs at its first twin mismatch: STALE_GRAPH without a "
+                             "confirmation re-run (CI that needs only the verdict)")
+    cache: Path | None = option("--cache", parse=path_or_none, suite=False, load=path_or_none,
+                                save=lambda p: None if p is None else str(Path(p).resolve()),
+                                help="engine-run cache folder (default OUT/runs); runs already there with the same "
+                                "hash are reused, so invocations can share it")
+    progress: bool = option("--no-progress", True, action="store_false", resume=True, suite=False)
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """Where the results go: the report folder and the history file."""
+
+    folder: Path | None = option("--out", name="out", parse=path_or_none, suite=False, save=str_or_none,
+                                 load=path_or_none, help="report folder (default reports/<timestamp>-gsm8k/)")
+    history: Path | None = option("--history", parse=path_or_none, resume=True, suite=False, metavar="FILE",
+                                  save=str_or_none, load=path_or_none, help="append one line per cell to this "
+                                  "JSONL history and report drift vs the last passing run on the same "
+                                  "model/task/device (drift exits 1)")
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: ModelSettings = group(ModelSettings, "the model")
+    workload: WorkloadSettings = group(WorkloadSettings, "the workload")
+    matrix: MatrixSettings = group(MatrixSettings, "the run matrix")
+    verdict: VerdictSettings = group(VerdictSettings, "the oracle and the verdict")
+    execution: ExecutionSettings = group(ExecutionSettings, "how the jobs run")
+    output: OutputSettings = group(OutputSettings, "the output")
+    command: str = ""  # the command line that made these settings (not an option)
+
+
+def entries() -> dict[str, opts.Entry]:
+    return opts.entries(Settings)
+
+
+def options() -> dict[str, opts.Option]:
+    """Option name -> Option, in declaration order (the --help order)."""
+    return {name: e.option for name, e in entries().items() if e.option}
+
+
+def make(**values) -> Settings:
+    """Settings from options by name (`make(limit=3, out=...)`), the others at their defaults."""
+    return opts.build(Settings, **values)
+
+
+def replace(s: Settings, **values) -> Settings:
+    """`s` with the options given by name changed."""
+    return opts.replace(s, **values)
+
+
 # --- the command line ------------------------------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Every option of `Settings` on `parser`, each stored under its field's name, unparsed."""
-    for name, opt in options().items():
-        kw: dict[str, Any] = {"dest": name, "default": opt.raw_default, "help": opt.help}
+    """Every option of `Settings` on `parser`, one section per group, each stored under its name, unparsed."""
+    sections: dict[str, argparse._ArgumentGroup] = {}
+    for name, e in entries().items():
+        opt = e.option
+        if opt is None:
+            continue
+        if e.title not in sections:
+            sections[e.title] = parser.add_argument_group(e.title)
+        kw: dict = {"dest": name, "default": opt.raw_default, "help": opt.help}
         if opt.action:
             kw["action"] = opt.action
         if opt.action == "store_const":
@@ -201,22 +219,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             if opt.choices:
                 kw["choices"] = opt.choices
                 del kw["metavar"]
-        parser.add_argument(opt.flag, **kw)
+        sections[e.title].add_argument(opt.flag, **kw)
         for flag, const, help in opt.also:
-            parser.add_argument(flag, dest=name, action="store_const", const=const, help=help)
+            sections[e.title].add_argument(flag, dest=name, action="store_const", const=const, help=help)
 
 
 def from_args(args: argparse.Namespace, **given) -> Settings:
-    """The Settings of a parsed command line (UsageError on a bad value); `given` fields (e.g. command) as is."""
-    return Settings(**{name: opt.value(getattr(args, name)) for name, opt in options().items()}, **given)
+    """The Settings of a parsed command line (UsageError on a bad value); `given` options (e.g. command) as is."""
+    return make(**{name: opt.value(getattr(args, name)) for name, opt in options().items()}, **given)
 
 
 def resume_conflicts(args: argparse.Namespace) -> list[str]:
     """The flags given with --resume that may not accompany it (those that change what the jobs compute)."""
     given = {name: getattr(args, name) for name, opt in options().items()
              if not opt.resume and getattr(args, name) != opt.raw_default}
-    opts = options()
-    return sorted(next((flag for flag, const, _ in opts[name].also if const == value), opts[name].flag)
+    found = options()
+    return sorted(next((flag for flag, const, _ in found[name].also if const == value), found[name].flag)
                   for name, value in given.items())
 
 
@@ -228,13 +246,13 @@ def resume_overrides(saved: Settings, args: argparse.Namespace, **given) -> Sett
     """The saved settings, with the options that may accompany --resume taken from the command line where given."""
     changes = {name: opt.value(getattr(args, name)) for name, opt in options().items()
                if opt.resume and getattr(args, name) != opt.raw_default}
-    return dataclasses.replace(saved, **changes, **given)
+    return replace(saved, **changes, **given)
 
 
 # --- accuracy suites -------------------------------------------------------------------------------------------
 
 def suite_keys() -> dict[str, str]:
-    """Suite key -> field name."""
+    """Suite key -> option name."""
     return {opt.key: name for name, opt in options().items() if opt.suite}
 
 
@@ -245,46 +263,15 @@ def suite_path_keys() -> list[str]:
 def from_suite(table: dict, **given) -> Settings:
     """Settings from a suite table (keys as `suite_keys`; lists where the command line takes a comma list)."""
     kw = {}
-    opts = options()
+    found = options()
     for key, name in suite_keys().items():
         value = table.get(key)
         if value is None:
             continue
-        opt = opts[name]
+        opt = found[name]
         if opt.action == "append":
             value = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
         elif isinstance(value, (list, tuple)):
             value = ",".join(str(v) for v in value)
         kw[name] = opt.value(value)
-    return Settings(**{**kw, **given})
-
-
-# --- settings.json ---------------------------------------------------------------------------------------------
-
-def to_json(s: Settings) -> dict:
-    opts = options()
-    out = {}
-    for f in dataclasses.fields(Settings):
-        value = getattr(s, f.name)
-        save = opts[f.name].save if f.name in opts else None
-        out[f.name] = save(value) if save else copy.deepcopy(value)
-    return out
-
-
-LEGACY_FIELDS = ("attn",)  # written by earlier versions, now derived (Settings.attn is attns[0])
-
-
-def from_json(d: dict) -> Settings:
-    opts = options()
-    names = {f.name for f in dataclasses.fields(Settings)}
-    if d.get("attns") is None and d.get("attn"):
-        d = {**d, "attns": [d["attn"]]}
-    d = {k: v for k, v in d.items() if k not in LEGACY_FIELDS}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise UsageError(f"settings written by another evalharness version (unknown fields {', '.join(unknown)})")
-    kw = {}
-    for name, value in d.items():
-        load = opts[name].load if name in opts else None
-        kw[name] = load(value) if load else value
-    return Settings(**kw)
+    return make(**{**kw, **given})

@@ -2,7 +2,8 @@
 
 - `settings.json`: every `evalharness gsm8k` saves its settings in its output folder before any engine runs, so
   `evalharness gsm8k --resume DIR` can finish a run that was interrupted (Ctrl-C, SIGKILL, a lost machine): jobs
-  whose `runs/<hash>/result.json` exists are read back, only the missing ones run.
+  whose `runs/<hash>/result.json` exists are read back, only the missing ones run. Format 2 nests the settings by
+  group, as `Settings` does; format 1 (flat, keyed by option name: older runs, committed evidence) is still read.
 - The job hash covers everything that determines a job's output: the prompts (data, limit, prompt style, shots,
   chat template choice), the model spec and its files' sizes and mtimes, max_new_tokens, the engine configuration
   (mode, max_bt, padding, injected fault, attention and the other axes), the engine's interpreter and PYTHONPATH,
@@ -19,24 +20,79 @@ import hashlib
 import json
 from pathlib import Path
 
-from . import __version__
+from . import __version__, options
 from . import settings as settings_mod
 from .config import UsageError
+from .options import Entry
 from .results import atomic_write_json
 from .settings import Settings
 
 SETTINGS_FILE = "settings.json"
-FORMAT = 1
+FORMAT = 2  # 2: nested settings (1: flat, still read)
 
 
 # --- settings.json ---------------------------------------------------------------------------------------------
 
+def _save(e: Entry, value):
+    return e.option.to_json(value) if e.option else value
+
+
+def _load(e: Entry, value):
+    return e.option.from_json(value) if e.option else value
+
+
+def _unknown(names) -> UsageError:
+    return UsageError(f"settings written by another evalharness version (unknown fields {', '.join(sorted(names))})")
+
+
 def settings_json(s: Settings) -> dict:
-    return settings_mod.to_json(s)
+    """settings.json's "settings" (format 2): nested like `Settings`, each group a table of its fields."""
+    out: dict = {}
+    for e in settings_mod.entries().values():
+        value = _save(e, e.get(s))
+        if e.group:
+            out.setdefault(e.group, {})[e.field] = value
+        else:
+            out[e.field] = value
+    return out
 
 
 def settings_from_json(d: dict) -> Settings:
-    return settings_mod.from_json(d)
+    """The Settings of `settings_json`'s table (format 2)."""
+    by_place = {(e.group, e.field): (name, e) for name, e in settings_mod.entries().items()}
+    groups = options.groups(Settings)
+    values: dict = {}
+    unknown = []
+    for key, value in d.items():
+        places = [((key, f), v) for f, v in value.items()] if key in groups and isinstance(value, dict) else \
+            [((None, key), value)]
+        for place, v in places:
+            if place not in by_place:
+                unknown.append(".".join(p for p in place if p))
+                continue
+            name, e = by_place[place]
+            values[name] = _load(e, v)
+    if unknown:
+        raise _unknown(unknown)
+    return settings_mod.make(**values)
+
+
+LEGACY_FIELDS = ("attn",)  # written by earlier versions, now derived (MatrixSettings.attn is attns[0])
+
+
+def settings_from_flat_json(d: dict) -> Settings:
+    """The Settings of a format-1 settings.json (GPU evidence, runs to resume): flat, keyed by the options' names."""
+    found = settings_mod.entries()
+    if d.get("attns") is None and d.get("attn"):
+        d = {**d, "attns": [d["attn"]]}
+    d = {k: v for k, v in d.items() if k not in LEGACY_FIELDS}
+    unknown = set(d) - set(found)
+    if unknown:
+        raise _unknown(unknown)
+    return settings_mod.make(**{name: _load(found[name], value) for name, value in d.items()})
+
+
+READERS = {FORMAT: settings_from_json, 1: settings_from_flat_json}
 
 
 def save_settings(p) -> None:
@@ -55,10 +111,11 @@ def load_settings(folder: Path) -> Settings:
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as e:
         raise UsageError(f"--resume {folder}: {SETTINGS_FILE} is not readable JSON ({e}); start a new run with --out")
-    if doc.get("format") != FORMAT:
+    read = READERS.get(doc.get("format"))
+    if read is None:
         raise UsageError(f"--resume {folder}: {SETTINGS_FILE} has format {doc.get('format')!r}, expected {FORMAT}")
     try:
-        return settings_from_json(doc["settings"])
+        return read(doc["settings"])
     except (KeyError, TypeError, AttributeError) as e:
         raise UsageError(f"--resume {folder}: {SETTINGS_FILE} is damaged ({type(e).__name__}: {e}); start a new run "
                          "with --out")

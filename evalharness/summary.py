@@ -145,12 +145,13 @@ def build_summary(s: Settings, task: TaskSpec, data_label: str, model: dict, pla
         "modes": modes, "cells": cells, "cells_by_id": {c["id"]: c for c in cells},
         # each engine's path and what its probe read (versions, tuple graphs), less the raw config field list
         "engines": {name: {"path": path, **{k: v for k, v in (probes or {}).get(name, {}).items() if k != "cb_fields"}}
-                    for name, path in s.engines.items()},
+                    for name, path in s.matrix.engines.items()},
         "ab": ab_rows(outcomes, results),
-        "max_bt": s.max_bts[0], "max_bts": s.max_bts, "model": model["label"], "data": data_label,
-        "n": len(task.prompts), "prompt": f"{s.prompt}, {task.num_fewshot}-shot", "filter": task.primary_filter,
-        "attn": s.attn, "dtype": s.dtype, "max_new_tokens": s.max_new_tokens,
-        "thresholds": {"alpha": s.alpha, "min_drop": s.min_drop}, "versions": versions, "runs": runs,
+        "max_bt": s.matrix.max_bts[0], "max_bts": s.matrix.max_bts, "model": model["label"], "data": data_label,
+        "n": len(task.prompts), "prompt": f"{s.workload.prompt}, {task.num_fewshot}-shot",
+        "filter": task.primary_filter,
+        "attn": s.matrix.attn, "dtype": s.model.dtype, "max_new_tokens": s.workload.max_new_tokens,
+        "thresholds": {"alpha": s.verdict.alpha, "min_drop": s.verdict.min_drop}, "versions": versions, "runs": runs,
         "command": s.command, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "exit_code": exit_code(outcomes),
     }

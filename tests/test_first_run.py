@@ -27,7 +27,8 @@ def test_cpu_defaults_line_and_report_paths(tiny_llama, gsm8k_test, tmp_path):
         "(graph modes will be SKIPPED; give these options to override)"]
     assert f"report: {out / 'report.md'}" in lines and f"report: {out / 'report.html'}" in lines
     saved = json.loads((out / "settings.json").read_text())["settings"]
-    assert (saved["limit"], saved["prompt"], saved["max_new_tokens"], saved["dtype"]) == (10, "chat", 32, "fp32")
+    work = saved["workload"]
+    assert (work["limit"], work["prompt"], work["max_new_tokens"], saved["model"]["dtype"]) == (10, "chat", 32, "fp32")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n"] == 10 and summary["modes"]["off"]["verdict"] == "PASS"
     assert summary["modes"]["on"]["verdict"] == "SKIPPED"

@@ -99,16 +99,16 @@ def test_prompt_cot_and_task_cot_plan_the_same_jobs(tmp_path):
     """`--prompt cot` and `--task evalharness_gsm8k_cot` on the same data: the same prompts, workload fingerprint and
     job ids (cache folders), so either reuses the other's cached runs."""
     from evalharness.plan import prepare_jobs
-    from evalharness.settings import Settings
+    from evalharness.settings import make
 
     model = {"path": "fake-model", "gguf_file": None, "dtype": "fp32", "trust_remote_code": False, "label": "fake"}
     probes = {"default": {"transformers": "fake", "tuple_graphs": True}}
     base = dict(data=str(DATA / "test.jsonl"), limit=3, max_new_tokens=16, cache=tmp_path / "cache", progress=False)
-    plans = [prepare_jobs(Settings(**base, **kw, out=tmp_path / name), cuda=False, model=model, probes=probes,
+    plans = [prepare_jobs(make(**base, **kw, out=tmp_path / name), cuda=False, model=model, probes=probes,
                           interpreters={"default": ("python", None)})
              for name, kw in (("prompt", {"prompt": "cot"}), ("task", {"task": "evalharness_gsm8k_cot"}))]
     by_prompt, by_task = plans
-    assert by_prompt.settings.prompt == by_task.settings.prompt == "cot"
+    assert by_prompt.settings.workload.prompt == by_task.settings.workload.prompt == "cot"
     assert by_prompt.task.prompts == by_task.task.prompts and by_prompt.task.num_fewshot == 8
     assert by_prompt.fingerprint == by_task.fingerprint
     assert [j.job_dir for j in by_prompt.jobs] == [j.job_dir for j in by_task.jobs] and by_prompt.jobs

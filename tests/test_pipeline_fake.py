@@ -11,7 +11,7 @@ import pytest
 from evalharness.fake_engine import FakeEngine
 from evalharness.pipeline import evaluate
 from evalharness.plan import prepare
-from evalharness.settings import Settings
+from evalharness.settings import Settings, make
 
 MODEL = {"path": "fake-model", "gguf_file": None, "dtype": "fp32", "trust_remote_code": False, "label": "fake"}
 PROBES = {"default": {"transformers": "fake", "tuple_graphs": True}}
@@ -19,7 +19,7 @@ PROBES = {"default": {"transformers": "fake", "tuple_graphs": True}}
 
 def settings(tmp_path, **kw) -> Settings:
     base = dict(data=None, limit=12, fewshot=0, max_new_tokens=64, out=tmp_path / "report", progress=False)
-    return Settings(**{**base, **kw})
+    return make(**{**base, **kw})
 
 
 def run(s: Settings, engine: FakeEngine, cuda: bool = False):

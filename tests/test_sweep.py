@@ -20,7 +20,7 @@ import pytest
 
 from evalharness import store
 from evalharness.cli import main
-from evalharness.settings import Settings
+from evalharness.settings import make
 
 LIMIT = 3
 NEW_TOKENS = 8
@@ -48,9 +48,9 @@ def cells(out: Path) -> dict:
 
 def test_settings_round_trip(tmp_path, gsm8k_test):
     # local paths are saved resolved (a resume may start elsewhere): give one already resolved, links followed
-    s = Settings(model="org/name", data=str(gsm8k_test.resolve()), limit=3, modes=["off", "on"], max_bts=[32, 64],
-                 inject=["on=abort"], out=tmp_path / "out", cache=tmp_path / "cache", asyncs=[None, True],
-                 engines={"default": None, "b": "/x"}, devices=["0", "1"])
+    s = make(model="org/name", data=str(gsm8k_test.resolve()), limit=3, modes=["off", "on"], max_bts=[32, 64],
+             inject=["on=abort"], out=tmp_path / "out", cache=tmp_path / "cache", asyncs=[None, True],
+             engines={"default": None, "b": "/x"}, devices=["0", "1"])
     back = store.settings_from_json(json.loads(json.dumps(store.settings_json(s))))
     assert back == s
 
