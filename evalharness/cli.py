@@ -93,11 +93,11 @@ def cmd_gsm8k(args, argv) -> int:
               f"failed={o.failed_requests}  {o.reason}")
     from .report import accuracy_note
 
-    if accuracy_note(ev.summary.doc):
-        print(f"note: {accuracy_note(ev.summary.doc)}")
-    for cell in ev.summary.doc["cells"]:
-        if cell.get("worker_log"):
-            print(f"{cell['id']}: worker log {cell['worker_log']}")
+    if accuracy_note(ev.summary):
+        print(f"note: {accuracy_note(ev.summary)}")
+    for cell in ev.summary.cells:
+        if cell.worker_log:
+            print(f"{cell.id}: worker log {cell.worker_log}")
     print(f"report: {ev.out / 'report.md'}")
     print(f"report: {ev.out / 'report.html'}")
     if ev.summary.history is not None:

@@ -42,25 +42,27 @@ def group_key(line: dict) -> tuple:
     return (line["model"], line["task"], line["device"])
 
 
-def lines_from_summary(summary: dict, per_sample: dict[str, list[bool]] | None = None,
+def lines_from_summary(summary, per_sample: dict[str, list[bool]] | None = None,
                        samples_id: str | None = None, run_id: str | None = None, date: str | None = None) -> list[dict]:
-    """History lines for one run. `per_sample` maps cell id -> correctness per sample index; `samples_id` identifies
-    the exact samples scored (prompts fingerprint); without it the data label, prompt and n stand in."""
-    versions = summary.get("versions", {})
-    date = date or summary.get("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    """History lines for one run's summary_doc.Summary, which they only read. `per_sample` maps cell id -> correctness
+    per sample index; `samples_id` identifies the exact samples scored (prompts fingerprint); without it the data
+    label, prompt and n stand in."""
+    info = summary.info
+    versions = info.get("versions", {})
+    date = date or info.get("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     run_id = run_id or f"{date}-{os.getpid()}"
-    samples_id = samples_id or f"{task_label(summary)} | n={summary.get('n')}"
+    samples_id = samples_id or f"{task_label(info)} | n={info.get('n')}"
     out = []
-    for c in summary["cells"]:
-        vector = (per_sample or {}).get(c["id"])
+    for c in summary.cells:
+        vector = (per_sample or {}).get(c.id)
         out.append({
-            "run_id": run_id, "date": date, "model": summary.get("model"), "task": task_label(summary),
-            "device": versions.get("device", "unknown"), "transformers": c.get("transformers") or
-            versions.get("transformers"), "torch": versions.get("torch"), "engine": c.get("engine", "default"),
-            "axes": c.get("axes", ""), "max_bt": c["max_bt"], "mode": c["mode"], "cell": c["id"],
-            "verdict": c["verdict"], "accuracy": c["accuracy"], "n": c["n"], "correct": c["correct"],
-            "finished": c.get("finished", c["n"]),
-            "twin_mismatches": c.get("twin_mismatches"), "tokens_per_s": c.get("tokens_per_s"),
+            "run_id": run_id, "date": date, "model": info.get("model"), "task": task_label(info),
+            "device": versions.get("device", "unknown"), "transformers": c.transformers or
+            versions.get("transformers"), "torch": versions.get("torch"), "engine": c.engine,
+            "axes": c.axes, "max_bt": c.max_bt, "mode": c.mode, "cell": c.id,
+            "verdict": c.verdict, "accuracy": c.accuracy, "n": c.n, "correct": c.correct,
+            "finished": c.finished,
+            "twin_mismatches": c.twin_mismatches, "tokens_per_s": c.tokens_per_s,
             "samples_id": samples_id,
             "per_sample": "".join("1" if x else "0" for x in vector) if vector is not None else None,
         })
@@ -68,14 +70,14 @@ def lines_from_summary(summary: dict, per_sample: dict[str, list[bool]] | None =
 
 
 def lines_for_run(summary, task, out: Path, date: str | None = None) -> list[dict]:
-    """History lines for a run's summary.Summary (samples fingerprinted by the exact prompts and targets)."""
+    """History lines for a run's summary_doc.Summary (samples fingerprinted by the exact prompts and targets)."""
     import hashlib
 
     blob = json.dumps({"prompts": task.prompts, "targets": task.targets()}, sort_keys=True, default=str)
     samples_id = hashlib.sha256(blob.encode()).hexdigest()[:16]
     per_sample = {o.cell_id: list(o.per_sample) for o in summary.outcomes if o.ran}
-    run_id = f"{summary.doc.get('created')}-{Path(out).name}-{uuid.uuid4().hex[:8]}"
-    return lines_from_summary(summary.doc, per_sample, samples_id=samples_id, run_id=run_id, date=date)
+    run_id = f"{summary.info.get('created')}-{Path(out).name}-{uuid.uuid4().hex[:8]}"
+    return lines_from_summary(summary, per_sample, samples_id=samples_id, run_id=run_id, date=date)
 
 
 def append(path: Path, lines: list[dict]) -> None:
@@ -230,7 +232,7 @@ def compare(history: list[dict], current: list[dict], alpha: float = 0.05,
 
 
 def drift_markdown(base: list[dict] | None, drifts: list[Drift], path: Path) -> str:
-    from .report import md_escape
+    from .markup import md_escape
 
     lines = ["", "## Drift vs the last passing run", ""]
     if base is None:
@@ -273,7 +275,7 @@ class HistoryCheck:
 
 def check(summary, task, out: Path, path: Path, alpha: float = 0.05, min_change: float = 0.0) -> HistoryCheck:
     """Compare a run's summary with its baseline in the history file `path`, then append the run's lines. The
-    reports carry the result (summary.Summary.history); nothing here writes them."""
+    reports carry the result (summary_doc.Summary.history); nothing here writes them."""
     path = resolve_path(path)
     current = lines_for_run(summary, task, out)
     base, drifts = compare(load(path), current, alpha, min_change)

@@ -1,4 +1,5 @@
-"""report.html: one self-contained page (no script, no network at view time) next to report.md.
+"""report.html: one self-contained page (no script, no network at view time) next to report.md, from a run's typed
+`Summary` (summary_doc.py), which it only reads.
 
 The figures (report_figures.py) are inlined as base64 PNG data URIs. Flagged cells get a side-by-side view of the
 graph run and its padded-eager twin: token ids around the first differing token (highlighted), and the decoded texts
@@ -15,6 +16,7 @@ from pathlib import Path
 from .audit import describe_constants
 from .report_figures import COLORS, figures
 from .results import atomic_write_text
+from .summary_doc import Cell, Summary
 from .verdict import FINDINGS, ModeOutcome, Verdict, legend
 
 CSS = """
@@ -51,9 +53,9 @@ def _badge(verdict: str) -> str:
     return f'<span class="verdict" style="background:{COLORS.get(verdict, "#57606a")}">{esc(verdict)}</span>'
 
 
-def _confirmation(cell: dict) -> str:
+def _confirmation(cell: Cell) -> str:
     """Runs compared with the twin and which reproduced (— when nothing needed confirming)."""
-    c = cell.get("confirmation")
+    c = cell.confirmation
     if not c:
         return "—"
     return esc(f"{c['status']}: {c['runs_compared'] - c['runs_matching_twin']} of {c['runs_compared']} runs differ"
@@ -106,15 +108,15 @@ def mismatch_section(o: ModeOutcome, max_examples: int = 3) -> str:
     return "\n".join(out)
 
 
-def render(summary: dict, outcomes: list[ModeOutcome], drifts: list | None = None,
-           baseline: list[dict] | None = None) -> str:
-    v = summary.get("versions", {})
+def render(summary: Summary, drifts: list | None = None, baseline: list[dict] | None = None) -> str:
+    info = summary.info
+    v = info.get("versions", {})
     figs = figures(summary)
-    flagged = [o for o in outcomes if o.verdict in FINDINGS]
+    flagged = [o for o in summary.outcomes if o.verdict in FINDINGS]
     drifted = [d for d in (drifts or []) if getattr(d, "significant", False)]
     verdicts = {}
-    for c in summary["cells"]:
-        verdicts[c["verdict"]] = verdicts.get(c["verdict"], 0) + 1
+    for c in summary.cells:
+        verdicts[c.verdict] = verdicts.get(c.verdict, 0) + 1
     overall = max(flagged, key=lambda o: Verdict(o.verdict).severity).verdict if flagged else (
         "DRIFT" if drifted else "PASS")
     parts = [
@@ -122,41 +124,41 @@ def render(summary: dict, outcomes: list[ModeOutcome], drifts: list | None = Non
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
         "style-src 'unsafe-inline'\">",
-        f"<title>evalharness report: {esc(summary.get('model'))}</title><style>{CSS}</style></head><body>",
+        f"<title>evalharness report: {esc(info.get('model'))}</title><style>{CSS}</style></head><body>",
         f'<h1 id="title">evalharness GSM8K report {_badge(overall)}</h1>',
         '<ul class="meta" id="summary">',
-        f"<li>model: {esc(summary.get('model'))}</li>",
-        f"<li>data: {esc(summary.get('data'))}, {esc(summary.get('n'))} samples, prompt {esc(summary.get('prompt'))}"
-        f", filter {esc(summary.get('filter'))}</li>",
+        f"<li>model: {esc(info.get('model'))}</li>",
+        f"<li>data: {esc(info.get('data'))}, {esc(info.get('n'))} samples, prompt {esc(info.get('prompt'))}"
+        f", filter {esc(info.get('filter'))}</li>",
         f"<li>device: {esc(v.get('device', 'unknown'))}; torch {esc(v.get('torch', '?'))}, transformers "
         f"{esc(v.get('transformers', '?'))}</li>",
-        f"<li>attention {esc(summary.get('attn'))}, dtype {esc(summary.get('dtype'))}, max new tokens "
-        f"{esc(summary.get('max_new_tokens'))}; alpha {esc(summary.get('thresholds', {}).get('alpha'))}, min drop "
-        f"{esc(summary.get('thresholds', {}).get('min_drop'))}</li>",
+        f"<li>attention {esc(info.get('attn'))}, dtype {esc(info.get('dtype'))}, max new tokens "
+        f"{esc(info.get('max_new_tokens'))}; alpha {esc(info.get('thresholds', {}).get('alpha'))}, min drop "
+        f"{esc(info.get('thresholds', {}).get('min_drop'))}</li>",
         f"<li>verdicts: {', '.join(f'{esc(k)} {n}' for k, n in sorted(verdicts.items()))}"
         f"{f'; drift in {len(drifted)} cells' if drifts is not None else ''}</li>",
-        f"<li>command: <code>{esc(summary.get('command'))}</code></li>",
-        f"<li>created: {esc(summary.get('created'))}</li></ul>",
+        f"<li>command: <code>{esc(info.get('command'))}</code></li>",
+        f"<li>created: {esc(info.get('created'))}</li></ul>",
         '<h2>Cells</h2><table id="cells"><thead><tr><th>cell</th><th>max_bt</th><th>mode</th><th>verdict</th>'
         "<th>accuracy % (95% CI)</th><th>delta vs off (p)</th><th>twin mismatches</th><th>failed</th><th>tok/s</th>"
         "<th>samples/s</th><th>wall s</th><th>confirmation</th><th>reason</th></tr></thead><tbody>",
     ]
-    for c in summary["cells"]:
-        ci = c.get("accuracy_ci")
-        acc = f"{_pct(c['accuracy'])} ({_pct(ci[0])}–{_pct(ci[1])})" if ci else "n/a"
-        if c.get("finished") is not None and c["finished"] != c.get("n"):  # missing samples are not wrong answers
-            acc += f" of {esc(c['finished'])}/{esc(c.get('n'))} finished"
-        delta = "—" if c.get("delta_vs_off") is None else f"{100 * c['delta_vs_off']:+.1f} (p={c['p_value']:.3g})"
-        twin = "—" if c.get("twin_mismatches") is None else f"{c['twin_mismatches']}/{c['twin_compared']}"
-        inject = f" [{esc(c['inject'])}]" if c.get("inject") else ""
-        parts.append(f'<tr id="cell-{_slug(c["id"])}"><td>{esc(c["id"])}</td><td class="num">{esc(c["max_bt"])}</td>'
-                     f"<td>{esc(c['mode'])}{inject}</td><td>{_badge(c['verdict'])}</td><td class=\"num\">{acc}</td>"
+    for c in summary.cells:
+        ci = c.accuracy_ci
+        acc = f"{_pct(c.accuracy)} ({_pct(ci[0])}–{_pct(ci[1])})" if ci else "n/a"
+        if c.finished is not None and c.finished != c.n:  # missing samples are not wrong answers
+            acc += f" of {esc(c.finished)}/{esc(c.n)} finished"
+        delta = "—" if c.delta_vs_off is None else f"{100 * c.delta_vs_off:+.1f} (p={c.p_value:.3g})"
+        twin = "—" if c.twin_mismatches is None else f"{c.twin_mismatches}/{c.twin_compared}"
+        inject = f" [{esc(c.inject)}]" if c.inject else ""
+        parts.append(f'<tr id="cell-{_slug(c.id)}"><td>{esc(c.id)}</td><td class="num">{esc(c.max_bt)}</td>'
+                     f"<td>{esc(c.mode)}{inject}</td><td>{_badge(c.verdict)}</td><td class=\"num\">{acc}</td>"
                      f"<td class=\"num\">{delta}</td><td class=\"num\">{twin}</td>"
-                     f"<td class=\"num\">{esc(c.get('failed_requests'))}</td>"
-                     f"<td class=\"num\">{_num(c.get('tokens_per_s'))}</td>"
-                     f"<td class=\"num\">{_num(c.get('samples_per_s'), '{:.2f}')}</td>"
-                     f"<td class=\"num\">{_num(c.get('wall_s'))}</td><td>{_confirmation(c)}</td>"
-                     f"<td>{esc(c.get('reason'))}</td></tr>")
+                     f"<td class=\"num\">{esc(c.failed_requests)}</td>"
+                     f"<td class=\"num\">{_num(c.tokens_per_s)}</td>"
+                     f"<td class=\"num\">{_num(c.samples_per_s, '{:.2f}')}</td>"
+                     f"<td class=\"num\">{_num(c.wall_s)}</td><td>{_confirmation(c)}</td>"
+                     f"<td>{esc(c.reason)}</td></tr>")
     parts.append("</tbody></table>")
     parts.append('<h2>Figures</h2><div class="figs">')
     alts = {"fig-accuracy": "accuracy vs max_bt per graph mode with 95% CIs",
@@ -198,6 +200,5 @@ def render(summary: dict, outcomes: list[ModeOutcome], drifts: list | None = Non
     return "\n".join(parts)
 
 
-def write_html(path: Path, summary: dict, outcomes: list[ModeOutcome], drifts: list | None = None,
-               baseline: list[dict] | None = None) -> None:
-    atomic_write_text(path, render(summary, outcomes, drifts=drifts, baseline=baseline))
+def write_html(path: Path, summary: Summary, drifts: list | None = None, baseline: list[dict] | None = None) -> None:
+    atomic_write_text(path, render(summary, drifts=drifts, baseline=baseline))

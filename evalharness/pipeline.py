@@ -22,7 +22,8 @@ from .results import RunResult, atomic_write_json, atomic_write_jsonl, atomic_wr
 from .score import Scores, score
 from .settings import Settings
 from .store import save_settings
-from .summary import Summary, summarise
+from .summary import summarise
+from .summary_doc import Summary
 from .verdict import ModeOutcome
 
 
@@ -93,10 +94,10 @@ def finish(p: Prepared, results: dict[str, RunResult], pool: dict | None = None)
 def write_reports(summary: Summary, out: Path) -> None:
     """samples.jsonl, summary.json, report.md and report.html from the summary (and drift.json with --history)."""
     atomic_write_jsonl(out / "samples.jsonl", summary.samples)
-    atomic_write_json(out / "summary.json", summary.doc)
+    atomic_write_json(out / "summary.json", summary.to_json())
     check = summary.history
     if check is not None:
         atomic_write_json(out / "drift.json", check.to_json())
-    atomic_write_text(out / "report.md", markdown(summary.doc, summary.outcomes) + (check.markdown() if check else ""))
-    write_html(out / "report.html", summary.doc, summary.outcomes, drifts=check.drifts if check else None,
+    atomic_write_text(out / "report.md", markdown(summary) + (check.markdown() if check else ""))
+    write_html(out / "report.html", summary, drifts=check.drifts if check else None,
                baseline=check.baseline if check else None)

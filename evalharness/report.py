@@ -1,4 +1,4 @@
-"""Reports: summary.json (the contract), samples.jsonl (every sample of every run a mode used), report.md.
+"""report.md, from a run's typed `Summary` (summary_doc.py), which it only reads.
 
 Model output and dataset text are untrusted: everything they contribute to Markdown is escaped (HTML entities and
 Markdown punctuation), and long text goes into <pre> blocks with HTML escaping, so no output can inject markup.
@@ -12,18 +12,10 @@ import re
 from pathlib import Path
 
 from .audit import describe, describe_constants
+from .markup import md_escape
 from .results import atomic_write_text
-from .verdict import FAIL, FINDINGS, ModeOutcome, legend
-
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
-
-
-def md_escape(text: str) -> str:
-    """Escape text for a Markdown table cell or line: HTML entities, Markdown punctuation, no line breaks."""
-    text = html.escape(str(text), quote=False)
-    text = _MD_SPECIAL.sub(r"\\\1", text)
-    return text.replace("\r", " ").replace("\n", " ")
-
+from .summary_doc import Summary
+from .verdict import FAIL, FINDINGS, legend
 
 def md_code(text: str) -> str:
     """A Markdown code span showing `text` verbatim: inside a code span nothing is markup (CommonMark renders `<`, `&`
@@ -58,10 +50,10 @@ def snippet_around(a: str, b: str, width: int = 80) -> tuple[str, str, int]:
 SMALL_MODELS = {"smollm2-135m": "135M"}
 
 
-def accuracy_note(summary: dict) -> str | None:
+def accuracy_note(summary: Summary) -> str | None:
     """Why every accuracy is (near) zero, where that is the model and not the engine."""
-    accs = [c["accuracy"] for c in summary.get("cells", []) if c.get("accuracy") is not None]
-    size = SMALL_MODELS.get(str(summary.get("model")))
+    accs = [c.accuracy for c in summary.cells if c.accuracy is not None]
+    size = SMALL_MODELS.get(str(summary.info.get("model")))
     if not accs or (size is None and max(accs) >= 0.02):
         return None
     return (f"Accuracy is {max(accs):.3f} at best: {'a ' + size if size else 'this'} model cannot solve GSM8K's "
@@ -70,18 +62,19 @@ def accuracy_note(summary: dict) -> str | None:
             "accuracy that can show a drop, use --model qwen2.5-coder-0.5b (the default with CUDA).")
 
 
-def markdown(summary: dict, outcomes: list[ModeOutcome], max_examples: int = 3) -> str:
-    v = summary.get("versions", {})
+def markdown(summary: Summary, max_examples: int = 3) -> str:
+    info, outcomes, cells = summary.info, summary.outcomes, summary.cells_by_id
+    v = info.get("versions", {})
     lines = [
         "# evalharness GSM8K report",
         "",
-        f"- model: {md_escape(summary['model'])}",
-        f"- data: {md_escape(summary['data'])}, {summary['n']} samples, prompt {md_escape(summary['prompt'])}",
+        f"- model: {md_escape(info['model'])}",
+        f"- data: {md_escape(info['data'])}, {info['n']} samples, prompt {md_escape(info['prompt'])}",
         f"- device: {md_escape(v.get('device', 'unknown'))}; torch {md_escape(v.get('torch', '?'))}, transformers "
         f"{md_escape(v.get('transformers', '?'))}",
-        f"- attention: {md_escape(summary['attn'])}; max new tokens {summary['max_new_tokens']}; "
-        f"alpha {summary['thresholds']['alpha']}, min drop {summary['thresholds']['min_drop']}",
-        f"- command: {md_code(summary['command'])}",
+        f"- attention: {md_escape(info['attn'])}; max new tokens {info['max_new_tokens']}; "
+        f"alpha {info['thresholds']['alpha']}, min drop {info['thresholds']['min_drop']}",
+        f"- command: {md_code(info['command'])}",
         "",
     ]
     note = accuracy_note(summary)
@@ -92,7 +85,7 @@ def markdown(summary: dict, outcomes: list[ModeOutcome], max_examples: int = 3) 
               "delta vs off (p) | twin mismatches | failed | tok/s | samples/s | wall s | peak GB |",
               ("|---|---" if grouped else "") + "|---:|---|---|---|---|---|---:|---:|---:|---:|---:|"]
     for o in outcomes:
-        cell = summary["cells_by_id"][o.cell_id]
+        cell = cells[o.cell_id]
         ci = o.accuracy_ci
         acc = f"{_pct(o.accuracy)} ({_pct(ci[0])}–{_pct(ci[1])})" if ci else "n/a"
         if o.finished is not None and o.finished != o.n:  # missing samples are not counted as wrong
@@ -102,13 +95,13 @@ def markdown(summary: dict, outcomes: list[ModeOutcome], max_examples: int = 3) 
         inject = f" [{md_escape(o.inject)}]" if o.inject else ""
         group = f"| {md_escape(o.engine)} | {md_escape(o.axes)} " if grouped else ""
         lines.append(f"{group}| {o.max_bt} | {o.mode}{inject} | **{o.verdict}** | {acc} | {delta} | {twin} | "
-                     f"{o.failed_requests} | {_num(cell['tokens_per_s'])} | {_num(cell['samples_per_s'], '{:.2f}')} | "
-                     f"{_num(cell['wall_s'])} | {_num(cell['peak_mem_gb'], '{:.2f}')} |")
+                     f"{o.failed_requests} | {_num(cell.tokens_per_s)} | {_num(cell.samples_per_s, '{:.2f}')} | "
+                     f"{_num(cell.wall_s)} | {_num(cell.peak_mem_gb, '{:.2f}')} |")
     lines += ["", "## Verdicts", ""]
     for o in outcomes:
-        served = summary["cells_by_id"][o.cell_id]["served_by"]
-        lines.append(f"- {md_escape(o.cell_id)}: **{o.verdict}**: {md_escape(o.reason)}. {md_escape(served)}")
-        attribution = summary["cells_by_id"][o.cell_id].get("attribution")
+        cell = cells[o.cell_id]
+        lines.append(f"- {md_escape(o.cell_id)}: **{o.verdict}**: {md_escape(o.reason)}. {md_escape(cell.served_by)}")
+        attribution = cell.attribution
         if attribution:
             lines.append(f"  - {md_escape(describe(attribution))}")
         if o.confirmation is not None:
@@ -120,7 +113,7 @@ def markdown(summary: dict, outcomes: list[ModeOutcome], max_examples: int = 3) 
         lines += ["", "## FAIL details", "", "| cell | max_bt | mode | error class | first line | worker log |",
                   "|---|---:|---|---|---|---|"]
         for o in fails:
-            log = summary["cells_by_id"][o.cell_id].get("worker_log")
+            log = cells[o.cell_id].worker_log
             lines.append(f"| {md_escape(o.cell_id)} | {o.max_bt} | {o.mode} | {md_escape(o.error_class or '')} | "
                          f"{md_escape(o.reason)[:300]} | {md_code(log) if log else '—'} |")
     for o in outcomes:
@@ -134,16 +127,16 @@ def markdown(summary: dict, outcomes: list[ModeOutcome], max_examples: int = 3) 
                       f"{m.run_tokens[m.position:m.position + 1]} vs twin {m.twin_tokens[m.position:m.position + 1]}), "
                       f"first differing character {char}", "", "graph run:", "", pre(a), "", "padded-eager twin:", "",
                       pre(b), ""]
-    if summary.get("ab"):
-        names = list(summary.get("engines", {}))
+    if info.get("ab"):
+        names = list(info.get("engines", {}))
         lines += ["", f"## Engines side by side ({' vs '.join(md_escape(n) for n in names)})", ""]
-        for name, info in summary.get("engines", {}).items():
-            lines.append(f"- {md_escape(name)}: transformers {md_escape(info.get('transformers', '?'))}, "
-                         f"{md_escape(info.get('path') or 'this interpreter')}")
+        for name, engine in info.get("engines", {}).items():
+            lines.append(f"- {md_escape(name)}: transformers {md_escape(engine.get('transformers', '?'))}, "
+                         f"{md_escape(engine.get('path') or 'this interpreter')}")
         lines += ["", "| max_bt | axes | mode | A | B | accuracy A % | accuracy B % | delta (McNemar p) | "
                   "samples/s A → B (%) | tok/s A → B (%) | peak GB A / B | verdict A / B |",
                   "|---:|---|---|---|---|---:|---:|---|---|---|---|---|"]
-        for r in summary["ab"]:
+        for r in info["ab"]:
             delta = "n/a" if r["delta"] is None else f"{100 * r['delta']:+.1f} (p={r['p_value']:.3g})"
             sps = (f"{_num(r['samples_per_s_a'], '{:.2f}')} → {_num(r['samples_per_s_b'], '{:.2f}')} "
                    f"({_num(r['samples_per_s_change_pct'], '{:+.1f}')})")
@@ -155,12 +148,12 @@ def markdown(summary: dict, outcomes: list[ModeOutcome], max_examples: int = 3) 
                          f"{tps} | {mem} | {r['verdict_a']} / {r['verdict_b']} |")
     lines += ["", "## Runs", "", "| run (folder in runs/) | configuration | served | status | generated tokens | wall s "
               "| model load s | worker |", "|---|---|---|---|---:|---:|---:|---|"]
-    for key, r in summary["runs"].items():
+    for key, r in info["runs"].items():
         lines.append(f"| {md_code(r.get('id', key))} | {md_escape(r['config'])} | "
                      f"{md_escape(', '.join(r['served']))} | {r['status']} | "
                      f"{r['generated_tokens']} | {_num(r['wall_s'])} | {_num(r.get('load_s'))} | "
                      f"{r.get('worker_pid') or '-'} |")
-    pool = summary.get("pool")
+    pool = info.get("pool")
     if pool:  # None when every run came from the cache
         loads = ", ".join(f"{_num(w['load_s'])} s" for w in pool["processes"] if w.get("load_s") is not None)
         lines += ["", f"Workers: {pool['workers']} x {pool['threads_per_worker']} CPU thread(s) "
@@ -171,5 +164,5 @@ def markdown(summary: dict, outcomes: list[ModeOutcome], max_examples: int = 3) 
     return "\n".join(lines)
 
 
-def write_markdown(path: Path, summary: dict, outcomes: list[ModeOutcome]) -> None:
-    atomic_write_text(path, markdown(summary, outcomes))
+def write_markdown(path: Path, summary: Summary) -> None:
+    atomic_write_text(path, markdown(summary))

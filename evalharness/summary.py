@@ -1,24 +1,23 @@
-"""Summarise: the scored cells of a run as one `Summary`, built once: summary.json's document, the cells' outcomes,
-the samples.jsonl rows and, with --history, the drift against the history's baseline. The writers (report.md,
-report.html, the pytest plugin's JUnit properties, the history file) only read it.
+"""Summarise: the scored cells of a run as one typed `Summary` (summary_doc.py), built once: the run-level facts, one
+`Cell` per outcome, the outcomes, the samples.jsonl rows and, with --history, the drift against the history's
+baseline. The writers (report.md, report.html, the pytest plugin's JUnit properties, the history file) only read it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Plan
 from .execute import CACHED_STATUSES
-from .history import HistoryCheck
 from .lmeval_task import TaskSpec
 from .plan import Prepared
 from .results import RunResult
 from .score import Scores
 from .settings import Settings
-from .verdict import ModeOutcome, Verdict, exit_code
+from .summary_doc import Cell, Summary
+from .verdict import ModeOutcome, exit_code
 
 
 def _run_figures(r: RunResult) -> dict:
@@ -40,7 +39,7 @@ def _repeats(o: ModeOutcome, plan: Plan) -> dict | None:
 
 
 def _cell(o: ModeOutcome, plan: Plan, results: dict[str, RunResult], probes: dict | None = None,
-          folders: dict[str, Path] | None = None) -> dict:
+          folders: dict[str, Path] | None = None) -> Cell:
     run = results[o.run_key] if o.ran else RunResult(key=o.run_key, status="unsupported", samples=[])
     folders = folders or {}
     name = lambda key: folders[key].name if key in folders else key  # noqa: E731 - the run's folder on disk
@@ -53,32 +52,30 @@ def _cell(o: ModeOutcome, plan: Plan, results: dict[str, RunResult], probes: dic
     shared = [m for m in plan.served_by(o.run_key) if m != o.mode]
     if shared and o.ran:
         served += f"; run shared with {', '.join(shared)}"
-    cell = {
-        "id": o.cell_id, "engine": o.engine, "axes": o.axes,
-        "max_bt": o.max_bt, "mode": o.mode, "verdict": o.verdict, "reason": o.reason, "accuracy": o.accuracy, "finished": o.finished,
-        "accuracy_ci": list(o.accuracy_ci) if o.accuracy_ci else None, "n": o.n, "correct": o.correct,
-        "twin_mismatches": o.twin_mismatches, "twin_compared": o.twin_compared, "failed_requests": o.failed_requests,
-        "twin_failed_requests": o.twin_failed_requests, "p_value": o.p_value, "delta_vs_off": o.delta_vs_off,
-        "inject": o.inject, "error_class": o.error_class, "run": o.run_key, "twin": o.twin_key, "served_by": served,
-        "run_id": name(o.run_key) if o.ran else None, "twin_id": name(o.twin_key) if o.twin_key and o.ran else None,
-        "notes": o.notes, "transformers": version,
-        "resolved_engine": run.meta.get("resolved", {}),
-        "first_mismatches": [{"index": m.index, "token": m.position} for m in
-                             (o.comparison.mismatches[:5] if o.comparison else [])],
-        "log_tail": run.log_tail[-5:],
-        "attribution": run.meta.get("audit"),
-        "confirmation": o.confirmation.to_json() if o.confirmation else None,
-        "repeats": _repeats(o, plan),
-        "stale_constants": o.stale_constants.get("first", []) if o.stale_constants else None,
-        "stale_constants_total": o.stale_constants.get("total") if o.stale_constants else None,
-        "constant_check": {k: v for k, v in o.stale_constants.items() if k != "first"} if o.stale_constants else None,
-    }
-    cell.update({k: v for k, v in _run_figures(run).items() if k != "generated_tokens"})
     # where a failed run's log is: the run's (or else the twin's) folder on disk
     failed = next((k for k in (o.run_key, o.twin_key) if k and k in results and results[k].status not in
                    CACHED_STATUSES), None)
-    cell["worker_log"] = str(folders[failed] / "worker.log") if failed in folders else None
-    return cell
+    constants = o.stale_constants
+    figures = _run_figures(run)
+    return Cell(
+        id=o.cell_id, engine=o.engine, axes=o.axes, max_bt=o.max_bt, mode=o.mode, verdict=o.verdict,
+        reason=o.reason, accuracy=o.accuracy, finished=o.finished,
+        accuracy_ci=list(o.accuracy_ci) if o.accuracy_ci else None, n=o.n, correct=o.correct,
+        twin_mismatches=o.twin_mismatches, twin_compared=o.twin_compared, failed_requests=o.failed_requests,
+        twin_failed_requests=o.twin_failed_requests, p_value=o.p_value, delta_vs_off=o.delta_vs_off,
+        inject=o.inject, error_class=o.error_class, run=o.run_key, twin=o.twin_key, served_by=served,
+        run_id=name(o.run_key) if o.ran else None, twin_id=name(o.twin_key) if o.twin_key and o.ran else None,
+        notes=o.notes, transformers=version, resolved_engine=run.meta.get("resolved", {}),
+        first_mismatches=[{"index": m.index, "token": m.position} for m in
+                          (o.comparison.mismatches[:5] if o.comparison else [])],
+        log_tail=run.log_tail[-5:], attribution=run.meta.get("audit"),
+        confirmation=o.confirmation.to_json() if o.confirmation else None, repeats=_repeats(o, plan),
+        stale_constants=constants.get("first", []) if constants else None,
+        stale_constants_total=constants.get("total") if constants else None,
+        constant_check={k: v for k, v in constants.items() if k != "first"} if constants else None,
+        tokens_per_s=figures["tokens_per_s"], samples_per_s=figures["samples_per_s"], wall_s=figures["wall_s"],
+        peak_mem_gb=figures["peak_mem_gb"],
+        worker_log=str(folders[failed] / "worker.log") if failed in folders else None)
 
 
 def ab_rows(outcomes: list[ModeOutcome], results: dict[str, RunResult]) -> list[dict]:
@@ -121,12 +118,9 @@ def ab_rows(outcomes: list[ModeOutcome], results: dict[str, RunResult]) -> list[
 
 def build_summary(s: Settings, task: TaskSpec, data_label: str, model: dict, plan: Plan,
                   results: dict[str, RunResult], outcomes: list[ModeOutcome], probes: dict | None = None,
-                  folders: dict[str, Path] | None = None) -> dict:
+                  folders: dict[str, Path] | None = None) -> tuple[dict, list[Cell]]:
+    """(summary.json's run-level keys, the cells)."""
     cells = [_cell(o, plan, results, probes, folders) for o in outcomes]
-    modes: dict[str, dict] = {}
-    for c in cells:  # one max_bt: that cell; a sweep: the worst cell of the mode
-        if c["mode"] not in modes or Verdict(c["verdict"]).severity > Verdict(modes[c["mode"]]["verdict"]).severity:
-            modes[c["mode"]] = c
     versions = next((r.meta["versions"] for r in results.values() if r.meta.get("versions")), {})
     runs = {}
     for key, cfg in plan.runs.items():
@@ -142,7 +136,6 @@ def build_summary(s: Settings, task: TaskSpec, data_label: str, model: dict, pla
                      "generate_s": r.meta.get("generate_s"), "worker_pid": (r.meta.get("worker") or {}).get("pid"),
                      "attempts": r.meta.get("attempts")}
     return {
-        "modes": modes, "cells": cells, "cells_by_id": {c["id"]: c for c in cells},
         # each engine's path and what its probe read (versions, tuple graphs), less the raw config field list
         "engines": {name: {"path": path, **{k: v for k, v in (probes or {}).get(name, {}).items() if k != "cb_fields"}}
                     for name, path in s.matrix.engines.items()},
@@ -154,7 +147,7 @@ def build_summary(s: Settings, task: TaskSpec, data_label: str, model: dict, pla
         "thresholds": {"alpha": s.verdict.alpha, "min_drop": s.verdict.min_drop}, "versions": versions, "runs": runs,
         "command": s.command, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "exit_code": exit_code(outcomes),
-    }
+    }, cells
 
 
 def sample_rows(task: TaskSpec, outcomes: list[ModeOutcome], results: dict[str, RunResult],
@@ -174,24 +167,9 @@ def sample_rows(task: TaskSpec, outcomes: list[ModeOutcome], results: dict[str, 
     return rows
 
 
-@dataclass(frozen=True)
-class Summary:
-    """What a run found, built once; every report writer only reads it."""
-
-    doc: dict  # summary.json: the contract other tools read (see the README)
-    outcomes: list[ModeOutcome]  # one per cell, with its evidence (twin comparison, per-sample correctness)
-    samples: list[dict]  # samples.jsonl rows
-    history: HistoryCheck | None = None  # --history: the drift against the history's baseline
-
-    @property
-    def exit_code(self) -> int:
-        drift = 1 if self.history is not None and self.history.significant else 0
-        return max(exit_code(self.outcomes), drift)
-
-
 def summarise(p: Prepared, results: dict[str, RunResult], scores: Scores, pool: dict | None = None) -> Summary:
     folders = {job.key: job.job_dir for job in p.jobs}  # run key -> its folder (named by the job hash)
-    doc = build_summary(p.settings, p.task, p.source.label, p.model, p.plan, results, scores.outcomes, p.probes,
-                        folders)
-    doc["pool"] = pool or None  # workers, threads, model loads (None when every run came from the cache)
-    return Summary(doc, scores.outcomes, sample_rows(p.task, scores.outcomes, results, scores))
+    info, cells = build_summary(p.settings, p.task, p.source.label, p.model, p.plan, results, scores.outcomes,
+                                p.probes, folders)
+    info["pool"] = pool or None  # workers, threads, model loads (None when every run came from the cache)
+    return Summary(info, tuple(cells), scores.outcomes, sample_rows(p.task, scores.outcomes, results, scores))

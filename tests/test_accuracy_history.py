@@ -8,6 +8,7 @@ import pytest
 
 from evalharness import history
 from evalharness.cli import main
+from evalharness.summary_doc import Cell, Summary
 
 
 def line(run_id, per_sample=None, *, correct=None, n=None, verdict="PASS", mode="off", samples_id="S", date=None,
@@ -71,20 +72,21 @@ def test_skipped_cells_count_and_failing_cells_disqualify_a_whole_run():
 
 
 def test_lines_from_summary_append_load_and_history_cli(tmp_path, capsys):
-    summary = {"model": "m", "data": "d.jsonl", "prompt": "chat, 0-shot", "filter": "flexible-extract", "n": 4,
-               "created": "2026-01-01T00:00:00Z", "versions": {"device": "cpu", "transformers": "5.24", "torch": "2"},
-               "cells": [{"id": "128/attn=sdpa/off", "engine": "default", "axes": "attn=sdpa", "max_bt": 128,
-                          "mode": "off", "verdict": "PASS", "accuracy": 0.5, "n": 4, "correct": 2,
-                          "transformers": "5.24"}]}
+    info = {"model": "m", "data": "d.jsonl", "prompt": "chat, 0-shot", "filter": "flexible-extract", "n": 4,
+            "created": "2026-01-01T00:00:00Z", "versions": {"device": "cpu", "transformers": "5.24", "torch": "2"}}
+    cells = (Cell(id="128/attn=sdpa/off", engine="default", axes="attn=sdpa", max_bt=128, mode="off", verdict="PASS",
+                  accuracy=0.5, n=4, finished=4, correct=2, transformers="5.24"),)
+    summary = Summary(info, cells, [])
     lines = history.lines_from_summary(summary, {"128/attn=sdpa/off": [True, False, True, False]}, run_id="a")
     assert lines[0]["per_sample"] == "1010" and lines[0]["device"] == "cpu" and lines[0]["task"].startswith("d.jsonl")
+    on = lambda created: Summary({**info, "created": created}, cells, [])  # noqa: E731 - the run of another day
     path = tmp_path / "h"  # a folder: FOLDER/history.jsonl
     path.mkdir()
     history.append(path, lines)
-    history.append(path, history.lines_from_summary({**summary, "created": "2026-01-02T00:00:00Z"}, run_id="b"))
+    history.append(path, history.lines_from_summary(on("2026-01-02T00:00:00Z"), run_id="b"))
     with open(path / "history.jsonl", "a") as f:
         f.write('{"torn": ')  # a killed writer's partial line is ignored
-    history.append(path, history.lines_from_summary({**summary, "created": "2026-01-03T00:00:00Z"}, run_id="c"))
+    history.append(path, history.lines_from_summary(on("2026-01-03T00:00:00Z"), run_id="c"))
     loaded = history.load(path)
     assert [x["run_id"] for x in loaded] == ["a", "b", "c"]
     png = tmp_path / "trend.png"

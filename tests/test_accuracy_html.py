@@ -18,6 +18,7 @@ from evalharness.config import Axes, ModePlan
 from evalharness.html_report import render, write_html
 from evalharness.history import Drift
 from evalharness.results import RunResult, Sample
+from evalharness.summary_doc import Cell, Summary
 from evalharness.verdict import decide
 
 EVIL = '<script>alert("x")</script><img src=x onerror=alert(1)> & "quotes" --> ]]>'
@@ -41,20 +42,21 @@ def make_outcomes():
     return outcomes
 
 
-def make_summary(outcomes):
+def make_summary(outcomes) -> Summary:
     cells = []
     for o, r in outcomes:
-        cells.append({"id": o.cell_id, "engine": o.engine, "axes": o.axes, "max_bt": o.max_bt, "mode": o.mode,
-                      "verdict": o.verdict, "reason": o.reason, "accuracy": o.accuracy,
-                      "accuracy_ci": list(o.accuracy_ci), "n": o.n, "correct": o.correct,
-                      "twin_mismatches": o.twin_mismatches, "twin_compared": o.twin_compared,
-                      "failed_requests": o.failed_requests, "p_value": o.p_value, "delta_vs_off": o.delta_vs_off,
-                      "inject": o.inject, "tokens_per_s": 8.0 / r.meta["generate_s"], "samples_per_s": 1.0,
-                      "wall_s": r.meta["generate_s"]})
-    return {"model": EVIL, "data": "d.jsonl", "n": 2, "prompt": "chat, 0-shot", "filter": "flexible-extract",
+        cells.append(Cell(id=o.cell_id, engine=o.engine, axes=o.axes, max_bt=o.max_bt, mode=o.mode,
+                          verdict=o.verdict, reason=o.reason, accuracy=o.accuracy,
+                          accuracy_ci=list(o.accuracy_ci), n=o.n, correct=o.correct,
+                          twin_mismatches=o.twin_mismatches, twin_compared=o.twin_compared,
+                          failed_requests=o.failed_requests, p_value=o.p_value, delta_vs_off=o.delta_vs_off,
+                          inject=o.inject, tokens_per_s=8.0 / r.meta["generate_s"], samples_per_s=1.0,
+                          wall_s=r.meta["generate_s"]))
+    info = {"model": EVIL, "data": "d.jsonl", "n": 2, "prompt": "chat, 0-shot", "filter": "flexible-extract",
             "attn": "sdpa", "dtype": "fp32", "max_new_tokens": 8, "thresholds": {"alpha": 0.05, "min_drop": 0.02},
             "versions": {"device": "cpu", "torch": "2", "transformers": "5"}, "command": "evalharness gsm8k " + EVIL,
-            "created": "2026-01-01T00:00:00Z", "cells": cells}
+            "created": "2026-01-01T00:00:00Z"}
+    return Summary(info, tuple(cells), [o for o, _ in outcomes])
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +65,7 @@ def report(tmp_path_factory):
     path = tmp_path_factory.mktemp("html") / "report.html"
     drift = Drift("128/attn=sdpa/off", "off", 128, "mcnemar", 0.002, 0.8, 0.5, -0.3, 20, 20, "r1", "2026-01-01",
                   "5.5", "5.6", True, 6, 0)
-    write_html(path, make_summary(outcomes), [o for o, _ in outcomes], drifts=[drift],
+    write_html(path, make_summary(outcomes), drifts=[drift],
                baseline=[{"date": "2026-01-01", "transformers": "5.5"}])
     return path
 

@@ -26,7 +26,7 @@ def test_report_figures_are_labelled_in_the_tables_units():
     assert "max_batch_tokens" in acc.get_xlabel() and "%" in acc.get_ylabel()
     ys = [y for bars in acc.containers for y in bars.lines[0].get_ydata()]  # the points, not the error bars
     assert max(ys) > 1  # percent, as report.md's "accuracy %" column, not a 0..1 fraction
-    assert max(ys) == 100 * max(c["accuracy"] for c in summary["cells"])
+    assert max(ys) == 100 * max(c.accuracy for c in summary.cells)
     assert [t.get_text() for t in acc.get_legend().get_texts()] == ["off", "on"]
     mism = _ax(figs["fig-mismatches"])
     assert mism.get_xlabel() and "count" in mism.get_ylabel()

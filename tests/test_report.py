@@ -6,6 +6,7 @@ import re
 
 from evalharness.config import ModePlan
 from evalharness.report import markdown, md_code, md_escape, pre, snippet_around, write_markdown
+from evalharness.summary_doc import Cell, Summary
 from evalharness.results import RunResult, Sample
 from evalharness.verdict import decide
 
@@ -59,15 +60,20 @@ def _report(evil: str) -> str:
     outcomes = [decide(off_mp, off, None, [False] * n, off, [False] * n),
                 decide(mp, run, twin, [True] * n, off, [False] * n)]
     assert [o.verdict for o in outcomes] == ["FAIL", "STALE_GRAPH"]
-    cell = {"tokens_per_s": 1.0, "samples_per_s": 0.5, "wall_s": 2.0, "peak_mem_gb": None, "served_by": evil}
-    summary = {
+    info = {
         "model": evil, "data": evil, "n": n, "prompt": evil, "attn": "sdpa", "max_new_tokens": 16,
         "thresholds": {"alpha": 0.05, "min_drop": 0.02}, "command": evil,
         "versions": {"device": evil, "torch": evil, "transformers": "5"},
-        "cells_by_id": {"384/off": cell, "384/on": cell},
         "runs": {"r1": {"config": evil, "served": [evil], "status": "ok", "generated_tokens": 3, "wall_s": 1.0}},
     }
-    return markdown(summary, outcomes)
+    return markdown(summary_of(info, outcomes, tokens_per_s=1.0, samples_per_s=0.5, wall_s=2.0, served_by=evil))
+
+
+def summary_of(info: dict, outcomes, **cell) -> Summary:
+    """A Summary whose cells are the outcomes' with `cell`'s fields (the rest as the outcome gives them)."""
+    return Summary(info, tuple(Cell(id=o.cell_id, engine=o.engine, axes=o.axes, max_bt=o.max_bt, mode=o.mode,
+                                    verdict=o.verdict, accuracy=o.accuracy, n=o.n, **cell) for o in outcomes),
+                   outcomes)
 
 
 def test_report_escapes_untrusted_text_everywhere():
@@ -111,11 +117,9 @@ def test_report_shows_the_first_mismatches(tmp_path):
     mp = ModePlan(mode="off", max_bt=384, run="o1", twin=None, fault=None, graphs_effective=(False, False))
     r = RunResult(key="o1", status="ok", samples=[Sample(0, "ok", [1], "x")])
     o = decide(mp, r, None, [True], r, [True])
-    summary = {"model": "m", "data": "d", "n": 1, "prompt": "p", "attn": "sdpa", "max_new_tokens": 1,
-               "thresholds": {"alpha": 0.05, "min_drop": 0.02}, "command": "c", "versions": {},
-               "cells_by_id": {"384/off": {"tokens_per_s": None, "samples_per_s": None, "wall_s": None,
-                                           "peak_mem_gb": None, "served_by": "s"}}, "runs": {}}
-    write_markdown(path, summary, [o])
+    info = {"model": "m", "data": "d", "n": 1, "prompt": "p", "attn": "sdpa", "max_new_tokens": 1,
+            "thresholds": {"alpha": 0.05, "min_drop": 0.02}, "command": "c", "versions": {}, "runs": {}}
+    write_markdown(path, summary_of(info, [o], served_by="s"))
     text = path.read_text()
     assert "| 384 | off | **PASS** | 100.0 (" in text and "n/a" in text
 
@@ -136,10 +140,14 @@ def test_command_renders_verbatim_in_its_code_span():
 def test_zero_accuracy_of_the_small_default_model_is_explained():
     from evalharness.report import accuracy_note
 
-    cells = [{"accuracy": 0.0}, {"accuracy": None}]
-    note = accuracy_note({"model": "smollm2-135m", "cells": cells})
+    def summary(model, *accuracies):
+        cells = tuple(Cell(id=f"{i}/off", engine="default", axes="", max_bt=i, mode="off", verdict="PASS",
+                           accuracy=a) for i, a in enumerate(accuracies))
+        return Summary({"model": model}, cells, [])
+
+    note = accuracy_note(summary("smollm2-135m", 0.0, None))
     assert "135M" in note and "twin" in note and "qwen2.5-coder-0.5b" in note
-    assert accuracy_note({"model": "some/model", "cells": [{"accuracy": 0.0}]}) is not None  # any model at zero
-    assert accuracy_note({"model": "qwen2.5-coder-0.5b", "cells": [{"accuracy": 0.24}]}) is None
+    assert accuracy_note(summary("some/model", 0.0)) is not None  # any model at zero
+    assert accuracy_note(summary("qwen2.5-coder-0.5b", 0.24)) is None
     md = _report("x")
     assert "cannot solve GSM8K" not in md  # this report's model is not at zero accuracy
