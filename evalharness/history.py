@@ -30,10 +30,6 @@ FINDING_VERDICTS = tuple(v.value for v in FINDINGS)
 HISTORY_NAME = "history.jsonl"
 
 
-def task_label(summary: dict) -> str:
-    return f"{summary.get('data', '?')} | {summary.get('prompt', '?')} | {summary.get('filter', '?')}"
-
-
 def cell_key(line: dict) -> tuple:
     return (line.get("engine", "default"), line.get("axes", ""), int(line["max_bt"]), line["mode"])
 
@@ -47,18 +43,18 @@ def lines_from_summary(summary, per_sample: dict[str, list[bool]] | None = None,
     """History lines for one run's summary_doc.Summary, which they only read. `per_sample` maps cell id -> correctness
     per sample index; `samples_id` identifies the exact samples scored (prompts fingerprint); without it the data
     label, prompt and n stand in."""
-    info = summary.info
-    versions = info.get("versions", {})
-    date = date or info.get("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    h = summary.header
+    versions = h.versions
+    date = date or h.created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     run_id = run_id or f"{date}-{os.getpid()}"
-    samples_id = samples_id or f"{task_label(info)} | n={info.get('n')}"
+    samples_id = samples_id or f"{h.task_label} | n={h.n}"
     out = []
     for c in summary.cells:
         vector = (per_sample or {}).get(c.id)
         out.append({
-            "run_id": run_id, "date": date, "model": info.get("model"), "task": task_label(info),
-            "device": versions.get("device", "unknown"), "transformers": c.transformers or
-            versions.get("transformers"), "torch": versions.get("torch"), "engine": c.engine,
+            "run_id": run_id, "date": date, "model": h.model, "task": h.task_label,
+            "device": versions.device or "unknown", "transformers": c.transformers or versions.transformers,
+            "torch": versions.torch, "engine": c.engine,
             "axes": c.axes, "max_bt": c.max_bt, "mode": c.mode, "cell": c.id,
             "verdict": c.verdict, "accuracy": c.accuracy, "n": c.n, "correct": c.correct,
             "finished": c.finished,
@@ -76,7 +72,7 @@ def lines_for_run(summary, task, out: Path, date: str | None = None) -> list[dic
     blob = json.dumps({"prompts": task.prompts, "targets": task.targets()}, sort_keys=True, default=str)
     samples_id = hashlib.sha256(blob.encode()).hexdigest()[:16]
     per_sample = {o.cell_id: list(o.per_sample) for o in summary.outcomes if o.ran}
-    run_id = f"{summary.info.get('created')}-{Path(out).name}-{uuid.uuid4().hex[:8]}"
+    run_id = f"{summary.header.created}-{Path(out).name}-{uuid.uuid4().hex[:8]}"
     return lines_from_summary(summary, per_sample, samples_id=samples_id, run_id=run_id, date=date)
 
 

@@ -109,8 +109,8 @@ def mismatch_section(o: ModeOutcome, max_examples: int = 3) -> str:
 
 
 def render(summary: Summary, drifts: list | None = None, baseline: list[dict] | None = None) -> str:
-    info = summary.info
-    v = info.get("versions", {})
+    h = summary.header
+    v = h.versions
     figs = figures(summary)
     flagged = [o for o in summary.outcomes if o.verdict in FINDINGS]
     drifted = [d for d in (drifts or []) if getattr(d, "significant", False)]
@@ -124,21 +124,19 @@ def render(summary: Summary, drifts: list | None = None, baseline: list[dict] | 
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
         "style-src 'unsafe-inline'\">",
-        f"<title>evalharness report: {esc(info.get('model'))}</title><style>{CSS}</style></head><body>",
+        f"<title>evalharness report: {esc(h.model)}</title><style>{CSS}</style></head><body>",
         f'<h1 id="title">evalharness GSM8K report {_badge(overall)}</h1>',
         '<ul class="meta" id="summary">',
-        f"<li>model: {esc(info.get('model'))}</li>",
-        f"<li>data: {esc(info.get('data'))}, {esc(info.get('n'))} samples, prompt {esc(info.get('prompt'))}"
-        f", filter {esc(info.get('filter'))}</li>",
-        f"<li>device: {esc(v.get('device', 'unknown'))}; torch {esc(v.get('torch', '?'))}, transformers "
-        f"{esc(v.get('transformers', '?'))}</li>",
-        f"<li>attention {esc(info.get('attn'))}, dtype {esc(info.get('dtype'))}, max new tokens "
-        f"{esc(info.get('max_new_tokens'))}; alpha {esc(info.get('thresholds', {}).get('alpha'))}, min drop "
-        f"{esc(info.get('thresholds', {}).get('min_drop'))}</li>",
+        f"<li>model: {esc(h.model)}</li>",
+        f"<li>data: {esc(h.data)}, {esc(h.n)} samples, prompt {esc(h.prompt)}, filter {esc(h.filter)}</li>",
+        f"<li>device: {esc(v.device or 'unknown')}; torch {esc(v.torch or '?')}, transformers "
+        f"{esc(v.transformers or '?')}</li>",
+        f"<li>attention {esc(h.attn)}, dtype {esc(h.dtype)}, max new tokens {esc(h.max_new_tokens)}; alpha "
+        f"{esc(h.thresholds.alpha)}, min drop {esc(h.thresholds.min_drop)}</li>",
         f"<li>verdicts: {', '.join(f'{esc(k)} {n}' for k, n in sorted(verdicts.items()))}"
         f"{f'; drift in {len(drifted)} cells' if drifts is not None else ''}</li>",
-        f"<li>command: <code>{esc(info.get('command'))}</code></li>",
-        f"<li>created: {esc(info.get('created'))}</li></ul>",
+        f"<li>command: <code>{esc(h.command)}</code></li>",
+        f"<li>created: {esc(h.created)}</li></ul>",
         '<h2>Cells</h2><table id="cells"><thead><tr><th>cell</th><th>max_bt</th><th>mode</th><th>verdict</th>'
         "<th>accuracy % (95% CI)</th><th>delta vs off (p)</th><th>twin mismatches</th><th>failed</th><th>tok/s</th>"
         "<th>samples/s</th><th>wall s</th><th>confirmation</th><th>reason</th></tr></thead><tbody>",

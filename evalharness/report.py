@@ -53,7 +53,7 @@ SMALL_MODELS = {"smollm2-135m": "135M"}
 def accuracy_note(summary: Summary) -> str | None:
     """Why every accuracy is (near) zero, where that is the model and not the engine."""
     accs = [c.accuracy for c in summary.cells if c.accuracy is not None]
-    size = SMALL_MODELS.get(str(summary.info.get("model")))
+    size = SMALL_MODELS.get(str(summary.header.model))
     if not accs or (size is None and max(accs) >= 0.02):
         return None
     return (f"Accuracy is {max(accs):.3f} at best: {'a ' + size if size else 'this'} model cannot solve GSM8K's "
@@ -63,18 +63,18 @@ def accuracy_note(summary: Summary) -> str | None:
 
 
 def markdown(summary: Summary, max_examples: int = 3) -> str:
-    info, outcomes, cells = summary.info, summary.outcomes, summary.cells_by_id
-    v = info.get("versions", {})
+    h, outcomes, cells = summary.header, summary.outcomes, summary.cells_by_id
+    v = h.versions
     lines = [
         "# evalharness GSM8K report",
         "",
-        f"- model: {md_escape(info['model'])}",
-        f"- data: {md_escape(info['data'])}, {info['n']} samples, prompt {md_escape(info['prompt'])}",
-        f"- device: {md_escape(v.get('device', 'unknown'))}; torch {md_escape(v.get('torch', '?'))}, transformers "
-        f"{md_escape(v.get('transformers', '?'))}",
-        f"- attention: {md_escape(info['attn'])}; max new tokens {info['max_new_tokens']}; "
-        f"alpha {info['thresholds']['alpha']}, min drop {info['thresholds']['min_drop']}",
-        f"- command: {md_code(info['command'])}",
+        f"- model: {md_escape(h.model)}",
+        f"- data: {md_escape(h.data)}, {h.n} samples, prompt {md_escape(h.prompt)}",
+        f"- device: {md_escape(v.device or 'unknown')}; torch {md_escape(v.torch or '?')}, transformers "
+        f"{md_escape(v.transformers or '?')}",
+        f"- attention: {md_escape(h.attn)}; max new tokens {h.max_new_tokens}; "
+        f"alpha {h.thresholds.alpha}, min drop {h.thresholds.min_drop}",
+        f"- command: {md_code(h.command)}",
         "",
     ]
     note = accuracy_note(summary)
@@ -127,37 +127,34 @@ def markdown(summary: Summary, max_examples: int = 3) -> str:
                       f"{m.run_tokens[m.position:m.position + 1]} vs twin {m.twin_tokens[m.position:m.position + 1]}), "
                       f"first differing character {char}", "", "graph run:", "", pre(a), "", "padded-eager twin:", "",
                       pre(b), ""]
-    if info.get("ab"):
-        names = list(info.get("engines", {}))
-        lines += ["", f"## Engines side by side ({' vs '.join(md_escape(n) for n in names)})", ""]
-        for name, engine in info.get("engines", {}).items():
-            lines.append(f"- {md_escape(name)}: transformers {md_escape(engine.get('transformers', '?'))}, "
-                         f"{md_escape(engine.get('path') or 'this interpreter')}")
+    if h.ab:
+        lines += ["", f"## Engines side by side ({' vs '.join(md_escape(n) for n in h.engines)})", ""]
+        for name, engine in h.engines.items():
+            lines.append(f"- {md_escape(name)}: transformers {md_escape(engine.transformers or '?')}, "
+                         f"{md_escape(engine.path or 'this interpreter')}")
         lines += ["", "| max_bt | axes | mode | A | B | accuracy A % | accuracy B % | delta (McNemar p) | "
                   "samples/s A → B (%) | tok/s A → B (%) | peak GB A / B | verdict A / B |",
                   "|---:|---|---|---|---|---:|---:|---|---|---|---|---|"]
-        for r in info["ab"]:
-            delta = "n/a" if r["delta"] is None else f"{100 * r['delta']:+.1f} (p={r['p_value']:.3g})"
-            sps = (f"{_num(r['samples_per_s_a'], '{:.2f}')} → {_num(r['samples_per_s_b'], '{:.2f}')} "
-                   f"({_num(r['samples_per_s_change_pct'], '{:+.1f}')})")
-            tps = (f"{_num(r['tokens_per_s_a'])} → {_num(r['tokens_per_s_b'])} "
-                   f"({_num(r['tokens_per_s_change_pct'], '{:+.1f}')})")
-            mem = f"{_num(r['peak_mem_gb_a'], '{:.2f}')} / {_num(r['peak_mem_gb_b'], '{:.2f}')}"
-            lines.append(f"| {r['max_bt']} | {md_escape(r['axes'])} | {r['mode']} | {md_escape(r['a'])} | "
-                         f"{md_escape(r['b'])} | {_pct(r['accuracy_a'])} | {_pct(r['accuracy_b'])} | {delta} | {sps} | "
-                         f"{tps} | {mem} | {r['verdict_a']} / {r['verdict_b']} |")
+        for r in h.ab:
+            delta = "n/a" if r.delta is None else f"{100 * r.delta:+.1f} (p={r.p_value:.3g})"
+            sps = (f"{_num(r.samples_per_s_a, '{:.2f}')} → {_num(r.samples_per_s_b, '{:.2f}')} "
+                   f"({_num(r.samples_per_s_change_pct, '{:+.1f}')})")
+            tps = f"{_num(r.tokens_per_s_a)} → {_num(r.tokens_per_s_b)} ({_num(r.tokens_per_s_change_pct, '{:+.1f}')})"
+            mem = f"{_num(r.peak_mem_gb_a, '{:.2f}')} / {_num(r.peak_mem_gb_b, '{:.2f}')}"
+            lines.append(f"| {r.max_bt} | {md_escape(r.axes)} | {r.mode} | {md_escape(r.a)} | "
+                         f"{md_escape(r.b)} | {_pct(r.accuracy_a)} | {_pct(r.accuracy_b)} | {delta} | {sps} | "
+                         f"{tps} | {mem} | {r.verdict_a} / {r.verdict_b} |")
     lines += ["", "## Runs", "", "| run (folder in runs/) | configuration | served | status | generated tokens | wall s "
               "| model load s | worker |", "|---|---|---|---|---:|---:|---:|---|"]
-    for key, r in info["runs"].items():
-        lines.append(f"| {md_code(r.get('id', key))} | {md_escape(r['config'])} | "
-                     f"{md_escape(', '.join(r['served']))} | {r['status']} | "
-                     f"{r['generated_tokens']} | {_num(r['wall_s'])} | {_num(r.get('load_s'))} | "
-                     f"{r.get('worker_pid') or '-'} |")
-    pool = info.get("pool")
+    for key, r in h.runs.items():
+        lines.append(f"| {md_code(key if r.id is None else r.id)} | {md_escape(r.config)} | "
+                     f"{md_escape(', '.join(r.served))} | {r.status} | "
+                     f"{r.generated_tokens} | {_num(r.wall_s)} | {_num(r.load_s)} | {r.worker_pid or '-'} |")
+    pool = h.pool
     if pool:  # None when every run came from the cache
-        loads = ", ".join(f"{_num(w['load_s'])} s" for w in pool["processes"] if w.get("load_s") is not None)
-        lines += ["", f"Workers: {pool['workers']} x {pool['threads_per_worker']} CPU thread(s) "
-                  f"({md_escape(pool['why'])}); {len(pool['processes'])} worker process(es), {pool['model_loads']} "
+        loads = ", ".join(f"{_num(w.load_s)} s" for w in pool.processes if w.load_s is not None)
+        lines += ["", f"Workers: {pool.workers} x {pool.threads_per_worker} CPU thread(s) "
+                  f"({md_escape(pool.why)}); {len(pool.processes)} worker process(es), {pool.model_loads} "
                   f"model load(s){f' ({loads})' if loads else ''}. Wall s is the time inside generate_batch; a run "
                   "whose worker had the model loaded already paid no load."]
     lines += ["", legend(), ""]

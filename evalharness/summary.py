@@ -17,6 +17,7 @@ from .results import RunResult
 from .score import Scores
 from .settings import Settings
 from .summary_doc import Cell, Summary
+from .summary_header import AbRow, EngineInfo, Header, PoolRecord, RunRow, Thresholds, Versions
 from .verdict import ModeOutcome, exit_code
 
 
@@ -78,7 +79,7 @@ def _cell(o: ModeOutcome, plan: Plan, results: dict[str, RunResult], probes: dic
         worker_log=str(folders[failed] / "worker.log") if failed in folders else None)
 
 
-def ab_rows(outcomes: list[ModeOutcome], results: dict[str, RunResult]) -> list[dict]:
+def ab_rows(outcomes: list[ModeOutcome], results: dict[str, RunResult]) -> list[AbRow]:
     """Engine A/B: for every cell of the first engine, the same cell under each other engine, paired on samples."""
     from .twin import paired_on_finished
     from .stats import mcnemar_exact
@@ -102,52 +103,54 @@ def ab_rows(outcomes: list[ModeOutcome], results: dict[str, RunResult]) -> list[
             def change(x, y):
                 return None if not x or y is None else 100.0 * (y - x) / x
 
-            rows.append({"max_bt": a.max_bt, "axes": a.axes, "mode": a.mode, "a": a.engine, "b": b.engine,
-                         "accuracy_a": a.accuracy, "accuracy_b": b.accuracy,
-                         "delta": paired.delta if paired.n else None, "p_value": mcnemar_exact(paired.only_a,
-                                                                                              paired.only_b),
-                         "flipped_down": paired.only_a, "flipped_up": paired.only_b,
-                         "samples_per_s_a": fa["samples_per_s"], "samples_per_s_b": fb["samples_per_s"],
-                         "samples_per_s_change_pct": change(fa["samples_per_s"], fb["samples_per_s"]),
-                         "tokens_per_s_a": fa["tokens_per_s"], "tokens_per_s_b": fb["tokens_per_s"],
-                         "tokens_per_s_change_pct": change(fa["tokens_per_s"], fb["tokens_per_s"]),
-                         "peak_mem_gb_a": fa["peak_mem_gb"], "peak_mem_gb_b": fb["peak_mem_gb"],
-                         "verdict_a": a.verdict, "verdict_b": b.verdict})
+            rows.append(AbRow(max_bt=a.max_bt, axes=a.axes, mode=a.mode, a=a.engine, b=b.engine,
+                              accuracy_a=a.accuracy, accuracy_b=b.accuracy, delta=paired.delta if paired.n else None,
+                              p_value=mcnemar_exact(paired.only_a, paired.only_b),
+                              flipped_down=paired.only_a, flipped_up=paired.only_b,
+                              samples_per_s_a=fa["samples_per_s"], samples_per_s_b=fb["samples_per_s"],
+                              samples_per_s_change_pct=change(fa["samples_per_s"], fb["samples_per_s"]),
+                              tokens_per_s_a=fa["tokens_per_s"], tokens_per_s_b=fb["tokens_per_s"],
+                              tokens_per_s_change_pct=change(fa["tokens_per_s"], fb["tokens_per_s"]),
+                              peak_mem_gb_a=fa["peak_mem_gb"], peak_mem_gb_b=fb["peak_mem_gb"],
+                              verdict_a=a.verdict, verdict_b=b.verdict))
     return rows
+
+
+def _run_row(key: str, cfg, r: RunResult, plan: Plan, folder: Path | None) -> RunRow:
+    return RunRow(id=folder.name if folder is not None else key, folder=None if folder is None else str(folder),
+                  config=cfg.describe(),
+                  engine=dataclasses.asdict(cfg), served=tuple(plan.served_by(key)), status=r.status,
+                  error_class=r.error_class, error=r.error, resolved=r.meta.get("resolved", {}),
+                  notes=tuple(r.meta.get("notes", [])), **_run_figures(r),
+                  # the worker's side: its whole time on this job, the model load it paid (0: reused), which one
+                  job_wall_s=r.meta.get("wall_s"), load_s=r.meta.get("load_s"), generate_s=r.meta.get("generate_s"),
+                  worker_pid=(r.meta.get("worker") or {}).get("pid"), attempts=r.meta.get("attempts"))
 
 
 def build_summary(s: Settings, task: TaskSpec, data_label: str, model: dict, plan: Plan,
                   results: dict[str, RunResult], outcomes: list[ModeOutcome], probes: dict | None = None,
-                  folders: dict[str, Path] | None = None) -> tuple[dict, list[Cell]]:
-    """(summary.json's run-level keys, the cells)."""
+                  folders: dict[str, Path] | None = None, pool: dict | None = None) -> tuple[Header, list[Cell]]:
+    """(summary.json's run-level keys, the cells). `pool`: the worker pool's account (PoolReport.to_json)."""
     cells = [_cell(o, plan, results, probes, folders) for o in outcomes]
     versions = next((r.meta["versions"] for r in results.values() if r.meta.get("versions")), {})
-    runs = {}
-    for key, cfg in plan.runs.items():
-        if key not in results:  # only needed by cells an engine cannot express
-            continue
-        r = results[key]
-        runs[key] = {"id": folders[key].name if key in (folders or {}) else key,
-                     "folder": str(folders[key]) if key in (folders or {}) else None, "config": cfg.describe(), "engine": dataclasses.asdict(cfg), "served": plan.served_by(key),
-                     "status": r.status, "error_class": r.error_class, "error": r.error,
-                     "resolved": r.meta.get("resolved", {}), "notes": r.meta.get("notes", []), **_run_figures(r),
-                     # the worker's side: its whole time on this job, the model load it paid (0: reused), which one
-                     "job_wall_s": r.meta.get("wall_s"), "load_s": r.meta.get("load_s"),
-                     "generate_s": r.meta.get("generate_s"), "worker_pid": (r.meta.get("worker") or {}).get("pid"),
-                     "attempts": r.meta.get("attempts")}
-    return {
-        # each engine's path and what its probe read (versions, tuple graphs), less the raw config field list
-        "engines": {name: {"path": path, **{k: v for k, v in (probes or {}).get(name, {}).items() if k != "cb_fields"}}
-                    for name, path in s.matrix.engines.items()},
-        "ab": ab_rows(outcomes, results),
-        "max_bt": s.matrix.max_bts[0], "max_bts": s.matrix.max_bts, "model": model["label"], "data": data_label,
-        "n": len(task.prompts), "prompt": f"{s.workload.prompt}, {task.num_fewshot}-shot",
-        "filter": task.primary_filter,
-        "attn": s.matrix.attn, "dtype": s.model.dtype, "max_new_tokens": s.workload.max_new_tokens,
-        "thresholds": {"alpha": s.verdict.alpha, "min_drop": s.verdict.min_drop}, "versions": versions, "runs": runs,
-        "command": s.command, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "exit_code": exit_code(outcomes),
-    }, cells
+    folders = folders or {}
+    # only the runs with a result: the others are needed only by cells an engine cannot express
+    runs = {key: _run_row(key, cfg, results[key], plan, folders.get(key)) for key, cfg in plan.runs.items()
+            if key in results}
+    # each engine's path and what its probe read (versions, tuple graphs), less the raw config field list
+    engines = {name: EngineInfo.from_json({"path": path, **{k: v for k, v in (probes or {}).get(name, {}).items()
+                                                            if k != "cb_fields"}}, strict=True)
+               for name, path in s.matrix.engines.items()}
+    return Header(
+        engines=engines, ab=tuple(ab_rows(outcomes, results)), max_bt=s.matrix.max_bts[0],
+        max_bts=tuple(s.matrix.max_bts), model=model["label"], data=data_label, n=len(task.prompts),
+        prompt=f"{s.workload.prompt}, {task.num_fewshot}-shot", filter=task.primary_filter, attn=s.matrix.attn,
+        dtype=s.model.dtype, max_new_tokens=s.workload.max_new_tokens,
+        thresholds=Thresholds(alpha=s.verdict.alpha, min_drop=s.verdict.min_drop),
+        versions=Versions.from_json(versions, strict=True), runs=runs, command=s.command,
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), exit_code=exit_code(outcomes),
+        # workers, threads, model loads (None when every run came from the cache)
+        pool=PoolRecord.from_json(pool, strict=True) if pool else None), cells
 
 
 def sample_rows(task: TaskSpec, outcomes: list[ModeOutcome], results: dict[str, RunResult],
@@ -169,7 +172,6 @@ def sample_rows(task: TaskSpec, outcomes: list[ModeOutcome], results: dict[str, 
 
 def summarise(p: Prepared, results: dict[str, RunResult], scores: Scores, pool: dict | None = None) -> Summary:
     folders = {job.key: job.job_dir for job in p.jobs}  # run key -> its folder (named by the job hash)
-    info, cells = build_summary(p.settings, p.task, p.source.label, p.model, p.plan, results, scores.outcomes,
-                                p.probes, folders)
-    info["pool"] = pool or None  # workers, threads, model loads (None when every run came from the cache)
-    return Summary(info, tuple(cells), scores.outcomes, sample_rows(p.task, scores.outcomes, results, scores))
+    header, cells = build_summary(p.settings, p.task, p.source.label, p.model, p.plan, results, scores.outcomes,
+                                  p.probes, folders, pool)
+    return Summary(header, tuple(cells), scores.outcomes, sample_rows(p.task, scores.outcomes, results, scores))

@@ -1,9 +1,11 @@
-"""The typed summary of a run: `Summary` (what a run found) and its `Cell`s (one per engine x axes x max_bt x graph
-mode). summarise (summary.py) builds them once from the scored outcomes; the writers (report.md, report.html and its
-figures, the history file, the CLI's lines, the pytest plugin's JUnit properties) only read their attributes.
+"""The typed summary of a run: `Summary` (what a run found), its run-level `Header` (summary_header.py) and its
+`Cell`s (one per engine x axes x max_bt x graph mode). summarise (summary.py) builds them once from the scored
+outcomes; the writers (report.md, report.html and its figures, the history file, the CLI's lines, the pytest
+plugin's JUnit properties) only read their attributes.
 
-`Summary.to_json` is summary.json (the contract other tools read, see the README), each cell `Cell.to_json`, with
-exactly the keys the dicts had before the summary was typed; `Cell.from_json` reads a cell back.
+`Summary.to_json` is summary.json (the contract other tools read, see the README): the header's `Header.to_json`
+and each cell's `Cell.to_json`, with exactly the keys the dicts had before the summary was typed; `Header.from_json`
+and `Cell.from_json` read them back.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from .history import HistoryCheck
+from .summary_header import Header
 from .verdict import ModeOutcome, Verdict, exit_code
 
 
@@ -88,7 +91,7 @@ def worst_per_mode(cells) -> dict[str, Cell]:
 class Summary:
     """What a run found, built once; every report writer only reads it."""
 
-    info: dict  # summary.json's run-level keys: model, data, n, prompt, versions, runs, ab, engines, pool, ...
+    header: Header  # summary.json's run-level keys: model, data, n, prompt, versions, runs, engines, ab, pool, ...
     cells: tuple[Cell, ...]  # one per outcome, in the same order
     outcomes: list[ModeOutcome]  # one per cell, with its evidence (twin comparison, per-sample correctness)
     samples: list[dict] = field(default_factory=list)  # samples.jsonl rows
@@ -106,5 +109,5 @@ class Summary:
     def to_json(self) -> dict:
         """summary.json: the run-level keys, the cells, each mode's worst cell and the cells by id."""
         cells = [c.to_json() for c in self.cells]
-        return {**self.info, "cells": cells, "cells_by_id": {c["id"]: c for c in cells},
+        return {**self.header.to_json(), "cells": cells, "cells_by_id": {c["id"]: c for c in cells},
                 "modes": {mode: c.to_json() for mode, c in worst_per_mode(self.cells).items()}}

@@ -9,6 +9,7 @@ import pytest
 from evalharness import history
 from evalharness.cli import main
 from evalharness.summary_doc import Cell, Summary
+from evalharness.summary_header import Header
 
 
 def line(run_id, per_sample=None, *, correct=None, n=None, verdict="PASS", mode="off", samples_id="S", date=None,
@@ -73,13 +74,15 @@ def test_skipped_cells_count_and_failing_cells_disqualify_a_whole_run():
 
 def test_lines_from_summary_append_load_and_history_cli(tmp_path, capsys):
     info = {"model": "m", "data": "d.jsonl", "prompt": "chat, 0-shot", "filter": "flexible-extract", "n": 4,
-            "created": "2026-01-01T00:00:00Z", "versions": {"device": "cpu", "transformers": "5.24", "torch": "2"}}
+            "created": "2026-01-01T00:00:00Z", "versions": {"device": "cpu", "transformers": "5.24", "torch": "2"},
+            "attn": "sdpa", "dtype": "fp32", "max_new_tokens": 8, "max_bt": 128, "max_bts": [128],
+            "thresholds": {"alpha": 0.05, "min_drop": 0.02}, "runs": {}, "command": "evalharness gsm8k", "exit_code": 0}
     cells = (Cell(id="128/attn=sdpa/off", engine="default", axes="attn=sdpa", max_bt=128, mode="off", verdict="PASS",
                   accuracy=0.5, n=4, finished=4, correct=2, transformers="5.24"),)
-    summary = Summary(info, cells, [])
+    summary = Summary(Header.from_json(info), cells, [])
     lines = history.lines_from_summary(summary, {"128/attn=sdpa/off": [True, False, True, False]}, run_id="a")
     assert lines[0]["per_sample"] == "1010" and lines[0]["device"] == "cpu" and lines[0]["task"].startswith("d.jsonl")
-    on = lambda created: Summary({**info, "created": created}, cells, [])  # noqa: E731 - the run of another day
+    on = lambda created: Summary(Header.from_json({**info, "created": created}), cells, [])  # noqa: E731 - the run of another day
     path = tmp_path / "h"  # a folder: FOLDER/history.jsonl
     path.mkdir()
     history.append(path, lines)

@@ -19,6 +19,7 @@ from evalharness.html_report import render, write_html
 from evalharness.history import Drift
 from evalharness.results import RunResult, Sample
 from evalharness.summary_doc import Cell, Summary
+from evalharness.summary_header import Header
 from evalharness.verdict import decide
 
 EVIL = '<script>alert("x")</script><img src=x onerror=alert(1)> & "quotes" --> ]]>'
@@ -55,8 +56,8 @@ def make_summary(outcomes) -> Summary:
     info = {"model": EVIL, "data": "d.jsonl", "n": 2, "prompt": "chat, 0-shot", "filter": "flexible-extract",
             "attn": "sdpa", "dtype": "fp32", "max_new_tokens": 8, "thresholds": {"alpha": 0.05, "min_drop": 0.02},
             "versions": {"device": "cpu", "torch": "2", "transformers": "5"}, "command": "evalharness gsm8k " + EVIL,
-            "created": "2026-01-01T00:00:00Z"}
-    return Summary(info, tuple(cells), [o for o, _ in outcomes])
+            "created": "2026-01-01T00:00:00Z", "max_bt": 128, "max_bts": [128], "runs": {}, "exit_code": 1}
+    return Summary(Header.from_json(info), tuple(cells), [o for o, _ in outcomes])
 
 
 @pytest.fixture(scope="module")

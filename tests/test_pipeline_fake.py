@@ -50,7 +50,7 @@ def test_stale_graphs_on_a_gpu_plan(tmp_path, right):
         assert c[mode]["verdict"] == "STALE_GRAPH" and c[mode]["twin_mismatches"] == c[mode]["n"] == 12
         assert c[mode]["first_mismatches"][0]["token"] == 4
     assert c["decode"]["verdict"] == "SKIPPED"  # sdpa has no decode fast path: decode is its own twin
-    assert ev.exit_code == 1 and ev.summary.info["exit_code"] == 1
+    assert ev.exit_code == 1 and ev.summary.header.exit_code == 1
     out = tmp_path / "report"
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(ev.summary.to_json(), default=str))
     assert ev.summary.cells_by_id["384/attn=sdpa/on"].verdict == "STALE_GRAPH"
@@ -87,7 +87,7 @@ def test_history_drift_is_in_the_reports_written_once(tmp_path, right):
     second = run(settings(tmp_path / "b", modes=["off"], history=history), FakeEngine(wrong))
     check = second.summary.history
     assert check.significant and check.drifts[0].lost == 12 and check.drifts[0].test == "mcnemar"
-    assert second.exit_code == 1 and second.summary.info["exit_code"] == 0  # PASS cells, drift exits 1
+    assert second.exit_code == 1 and second.summary.header.exit_code == 0  # PASS cells, drift exits 1
     out = tmp_path / "b" / "report"
     md = (out / "report.md").read_text()
     assert md.count("## Drift vs the last passing run") == 1 and "**DRIFT**" in md
@@ -105,11 +105,11 @@ def test_crashed_sweep_cells_fail_others_come_from_the_cache(tmp_path, right):
     cached = {d.name: (d / "result.json").stat().st_mtime_ns for d in cache.iterdir()}
     engine = FakeEngine(right)
     ev = run(settings(tmp_path / "abort", inject=["on=abort"], **sweep), engine)
-    assert ev.exit_code == 1 and ev.summary.info["exit_code"] == 1
+    assert ev.exit_code == 1 and ev.summary.header.exit_code == 1
     got, before = sweep_cells(ev), sweep_cells(base)
     for cell in ("32/on", "64/on"):
         assert (got[cell]["verdict"], got[cell]["error_class"], got[cell]["inject"]) == ("FAIL", "sigabrt", "abort")
-        assert ev.summary.info["runs"][got[cell]["run"]]["status"] == "crash"
+        assert ev.summary.header.runs[got[cell]["run"]].status == "crash"
         assert got[cell]["twin"] == before[cell]["twin"] and got[cell]["twin_failed_requests"] == 0
     for cell in ("32/off", "64/off"):
         assert {k: v for k, v in got[cell].items() if k not in ("wall_s", "tokens_per_s", "samples_per_s")} == \

@@ -7,6 +7,7 @@ import re
 from evalharness.config import ModePlan
 from evalharness.report import markdown, md_code, md_escape, pre, snippet_around, write_markdown
 from evalharness.summary_doc import Cell, Summary
+from evalharness.summary_header import Header
 from evalharness.results import RunResult, Sample
 from evalharness.verdict import decide
 
@@ -17,6 +18,13 @@ EVIL = [
     "[click](javascript:alert(1)) ![img](http://evil/x.png) **strong** `code`",
     "<!-- comment --> &lt;already&gt; <iframe src='http://evil'></iframe>",
 ]
+
+
+# the run-level keys a summary always has; each test overrides what it checks
+HEADER = {"model": "m", "data": "d", "n": 1, "prompt": "p", "filter": "flexible-extract", "attn": "sdpa",
+          "dtype": "fp32", "max_new_tokens": 1, "max_bt": 384, "max_bts": [384],
+          "thresholds": {"alpha": 0.05, "min_drop": 0.02}, "versions": {}, "runs": {}, "command": "c",
+          "created": "2026-01-01T00:00:00Z", "exit_code": 0}
 
 
 def tags(text: str) -> set[str]:
@@ -64,14 +72,15 @@ def _report(evil: str) -> str:
         "model": evil, "data": evil, "n": n, "prompt": evil, "attn": "sdpa", "max_new_tokens": 16,
         "thresholds": {"alpha": 0.05, "min_drop": 0.02}, "command": evil,
         "versions": {"device": evil, "torch": evil, "transformers": "5"},
-        "runs": {"r1": {"config": evil, "served": [evil], "status": "ok", "generated_tokens": 3, "wall_s": 1.0}},
+        "runs": {"r1": {"config": evil, "engine": {}, "served": [evil], "status": "ok", "generated_tokens": 3,
+                        "wall_s": 1.0}},
     }
     return markdown(summary_of(info, outcomes, tokens_per_s=1.0, samples_per_s=0.5, wall_s=2.0, served_by=evil))
 
 
 def summary_of(info: dict, outcomes, **cell) -> Summary:
     """A Summary whose cells are the outcomes' with `cell`'s fields (the rest as the outcome gives them)."""
-    return Summary(info, tuple(Cell(id=o.cell_id, engine=o.engine, axes=o.axes, max_bt=o.max_bt, mode=o.mode,
+    return Summary(Header.from_json({**HEADER, **info}), tuple(Cell(id=o.cell_id, engine=o.engine, axes=o.axes, max_bt=o.max_bt, mode=o.mode,
                                     verdict=o.verdict, accuracy=o.accuracy, n=o.n, **cell) for o in outcomes),
                    outcomes)
 
@@ -143,7 +152,7 @@ def test_zero_accuracy_of_the_small_default_model_is_explained():
     def summary(model, *accuracies):
         cells = tuple(Cell(id=f"{i}/off", engine="default", axes="", max_bt=i, mode="off", verdict="PASS",
                            accuracy=a) for i, a in enumerate(accuracies))
-        return Summary({"model": model}, cells, [])
+        return Summary(Header.from_json({**HEADER, "model": model}), cells, [])
 
     note = accuracy_note(summary("smollm2-135m", 0.0, None))
     assert "135M" in note and "twin" in note and "qwen2.5-coder-0.5b" in note
