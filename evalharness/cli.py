@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--mode", default="off", help="samples.jsonl: graph mode to compare (default off)")
     c.add_argument("--max-bt", type=int, help="samples.jsonl: max_bt, when the file holds a sweep")
     c.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    sub.add_parser("faults", help="list what --inject can inject: faults, fix candidates, probes")
     fanout.add_parsers(sub)  # plan (gsm8k's options), run-job, merge
     return p
 
@@ -118,6 +119,13 @@ def cmd_history(args, argv) -> int:
     return 0
 
 
+def cmd_faults(args, argv) -> int:
+    from .faults import listing
+
+    print(listing())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -125,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in fanout.COMMANDS:
             return fanout.COMMANDS[args.command](args, argv)
         return {"gsm8k": cmd_gsm8k, "plan": cmd_gsm8k, "compare": cmd_compare,
-                "history": cmd_history}[args.command](args, argv)
+                "history": cmd_history, "faults": cmd_faults}[args.command](args, argv)
     except UsageError as e:
         print(f"evalharness: error: {e}", file=sys.stderr)
         return EXIT_USAGE

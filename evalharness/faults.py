@@ -4,6 +4,10 @@ The registry `FAULTS` is the one place a fault is defined. Each entry carries it
 (engine/run_job.py) at fixed points, and whether the padded-eager twin gets the same patch (`patches_twin`: then only
 graph staleness can make the run and its twin differ). Hooks import torch and transformers lazily, so the parent
 process (planning) never does. Written by hand: no library injects faults into transformers' CB engine.
+
+Besides faults (`kind` "fault"), the registry holds what is injected the same way but is not a defect: a fix candidate
+for transformers (`kind` "fix": `sync-reset`, which the user turns on to attribute a finding to the bug it fixes) and a
+probe (`kind` "probe": measures, changes nothing). `evalharness faults` lists every entry with its description.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from typing import Any
 class Fault:
     name: str
     patches_twin: bool  # the padded-eager twin gets the same patch, so only graph staleness can differ
+    about: str = ""  # one line for `evalharness faults` and the docs
+    kind: str = "fault"  # "fault" (a defect), "fix" (a fix candidate for transformers, not a fault), "probe"
     # before the engine is built: patches transformers' CB classes (process-wide)
     engine_patch: Callable[[], None] | None = None
     # after the model is loaded: (model, engine configuration as in job.json) -> a hook handle to remove after the
@@ -28,6 +34,9 @@ class Fault:
     model_hook: Callable[[Any, dict], None] | None = None
     # fired once, when the first request has finished (so partial results exist): (timeout hint in s)
     after_first_result: Callable[[float], None] | None = None
+    # installed before each job's generate_batch, removed after it: () -> an object with remove() and report() (a
+    # dict for meta.json's "patch": what was patched and what the patch saw), e.g. engine.reset_race.Installed
+    job_patch: Callable[[], Any] | None = None
 
 
 def _io_class():
@@ -141,18 +150,82 @@ def hang(timeout_hint_s: float) -> None:
     time.sleep(max(3600.0, 10 * timeout_hint_s))
 
 
+def reset_late():
+    """See engine/reset_race.py: install_force."""
+    from .engine.reset_race import install_force
+
+    return install_force()
+
+
+def sync_reset():
+    """See engine/reset_race.py: install_fix."""
+    from .engine.reset_race import install_fix
+
+    return install_fix()
+
+
+def reset_probe():
+    """See engine/reset_race.py: install_probe."""
+    from .engine.reset_race import install_probe
+
+    return install_probe()
+
+
 FAULTS: dict[str, Fault] = {
     f.name: f
     for f in (
-        Fault("pre45323", patches_twin=True, engine_patch=inject_pre45323),
-        Fault("coarse-key", patches_twin=False, engine_patch=inject_coarse_key),
-        Fault("decode-coarse", patches_twin=False, engine_patch=inject_decode_coarse),
-        Fault("perturb", patches_twin=False, model_hook=lambda model, _engine: inject_perturb(model)),
-        Fault("flaky", patches_twin=False, model_hook=perturb_first_attempt),
-        Fault("abort", patches_twin=False, after_first_result=abort),
-        Fault("hang", patches_twin=False, after_first_result=hang),
+        Fault("pre45323", patches_twin=True, engine_patch=inject_pre45323,
+              about="varlen graph key without max_seqlen_k and unpadded max_seqlen_q/k (before transformers PR "
+              "#45323): stale graphs; the twin gets it too"),
+        Fault("coarse-key", patches_twin=False, engine_patch=inject_coarse_key,
+              about="varlen graph key reduced to (num_q_tokens,): stale graphs"),
+        Fault("decode-coarse", patches_twin=False, engine_patch=inject_decode_coarse,
+              about="one decode graph for every decode batch size: stale graphs on the decode path"),
+        Fault("perturb", patches_twin=False, model_hook=lambda model, _engine: inject_perturb(model),
+              about="every 7th step samples argmax+1: a corrupted engine on any device"),
+        Fault("flaky", patches_twin=False, model_hook=perturb_first_attempt,
+              about="perturb in a mode's first run only: a non-deterministic engine on any device"),
+        Fault("abort", patches_twin=False, after_first_result=abort,
+              about="the worker aborts (SIGABRT) after the first finished request"),
+        Fault("hang", patches_twin=False, after_first_result=hang,
+              about="the worker sleeps past its timeout after the first finished request"),
+        # transformers' async-batching reset race (engine/reset_race.py). reset-late is not given to the twin: the
+        # twin stays the clean reference, so the graph run differs from it in every run (the same mismatches each
+        # time: STALE_GRAPH once confirmed), where the real race differs in some runs only (NONDETERMINISTIC)
+        Fault("reset-late", patches_twin=False, job_patch=reset_late,
+              about="async batching (CUDA): the start-of-run reset's device writes land after step 1's H2D copy, "
+              "every run (transformers' reset race, forced): the first request is wrong from its first token"),
+        Fault("sync-reset", patches_twin=True, kind="fix", job_patch=sync_reset,
+              about="not a fault: a fix candidate for transformers' reset race (synchronise the stream after the "
+              "async IOs' build and reset); inject it into every mode (the twin gets it too) to attribute "
+              "non-deterministic first tokens to the race"),
+        Fault("reset-probe", patches_twin=True, kind="probe", job_patch=reset_probe,
+              about="not a fault: times the async IOs' last build/reset against step 1's H2D copy (meta.json "
+              "\"patch\"; positive reset_end_after_h2d_start_ms: the race window was hit); changes nothing"),
     )
 }
+
+
+KIND_TITLES = {"fault": "faults (defects, to prove the checks fail)",
+               "fix": "fix candidates for transformers (not faults: turn one on to attribute a finding)",
+               "probe": "probes (not faults: they measure and change nothing)"}
+
+
+def listing() -> str:
+    """`evalharness faults`: every entry by kind, with whether the twin gets it and its description."""
+    lines = []
+    for kind, title in KIND_TITLES.items():
+        lines.append(f"{title}:")
+        for f in FAULTS.values():
+            if f.kind == kind:
+                twin = "run and twin" if f.patches_twin else "run only"
+                lines.append(f"  {f.name:<14} [{twin}] {f.about}")
+    lines.append("inject with --inject [ENGINE:]MODE=NAME (into `off` too, for a fix or probe that every run needs)")
+    return "\n".join(lines)
+
+
+def names(kind: str) -> list[str]:
+    return [f.name for f in FAULTS.values() if f.kind == kind]
 
 
 def fault(name: str | None) -> Fault:

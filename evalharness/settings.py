@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import options as opts
-from .config import FAULTS, ORACLES
+from .config import ORACLES
+from .faults import names as fault_names
 from .options import group, option
 from .parsers import (absolute_if_local, fraction, number, parse_attns, parse_compile, parse_devices, parse_engines,
                       parse_jobs, parse_max_bt, parse_modes, parse_switch, path_or_none, positive_int, positive_number,
@@ -100,7 +101,10 @@ class MatrixSettings:
                                             "--target DIR transformers==5.5.4); repeat to compare engines side by "
                                             "side")
     inject: list[str] = option("--inject", [], action="append", metavar="MODE=FAULT", help="inject a fault into one "
-                               f"mode's worker: {', '.join(FAULTS)}")
+                               f"mode's worker: {', '.join(fault_names('fault'))}; or, not a fault, a fix candidate "
+                               f"for transformers ({', '.join(fault_names('fix'))}: inject it into every mode, off "
+                               f"included) or a probe ({', '.join(fault_names('probe'))}); `evalharness faults` "
+                               "describes each")
     audit: str | None = option("--audit", action="store_const", const="first", suite=False,
                                help="re-run every CUDA-graph replay eagerly and name the graph key and launch "
                                "constant of the first mismatch",

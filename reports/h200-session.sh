@@ -28,6 +28,27 @@ for c in s["cells"]:
           f"graphs={(c.get('resolved_engine') or {}).get('graphs_captured')} wall_s={c.get('wall_s')}")
 PY
 }
+patched() {  # per graph run (and twin) of each cell: mismatches vs the twin and meta.json's "patch" (reset race)
+  [[ -f $1/summary.json ]] || return
+  python3 - "$1/summary.json" "$out/runs" <<'PY'
+import json, sys
+from pathlib import Path
+from evalharness.config import EngineConfig
+s, patch = json.load(open(sys.argv[1])), {}
+for m in Path(sys.argv[2]).glob("*/meta.json"):
+    meta = json.loads(m.read_text())
+    if "patch" in meta:
+        e = meta["engine"]
+        patch[EngineConfig(**{**e, "cuda_graph": tuple(e["cuda_graph"])}).key()] = meta["patch"]
+show = lambda p: {k: v for k, v in (p or {}).items() if k not in ("patch", "targets")}
+for c in s["cells"]:
+    runs = (c.get("confirmation") or {}).get("runs") or [{"run": c.get("run"), "role": "run", "mismatches": c.get("twin_mismatches")}]
+    for r in runs:
+        print(f"   {c['id']:<28} {r['role']:<7} {r['run']} mismatches={r.get('mismatches')} patch={show(patch.get(r['run']))}")
+    if c.get("twin"):
+        print(f"   {c['id']:<28} twin    {c['twin']} patch={show(patch.get(c['twin']))}")
+PY
+}
 eh() { local name=$1; shift
        echo "== $(date -u +%T) $name: evalharness gsm8k ${common[*]} $* --out $out/$name"
        local t0=$SECONDS
@@ -51,6 +72,11 @@ for s in "$@"; do
     gemma-pre)   eh gemma-pre45323 "${gemma[@]}" "${plat[@]}" --max-bt 384 --graphs off,varlen --inject varlen=pre45323 ;;
     # issue 14's open question: is Gemma 3's non-deterministic first token (reports/h200-repeat/) async batching's?
     gemma-async) eh gemma-async "${gemma[@]}" "${plat[@]}" --max-bt 384,512 --graphs off,varlen --async on,off --repeat 4 ;;
+    # transformers' async reset race (/work/coord/async-race.md, evalharness/engine/reset_race.py): forced (the graph run
+    # only: confirmed STALE_GRAPH, sample 0 alone, every max_bt), fixed (0 flagged), probed (flagged runs: reset after H2D)
+    gemma-race-force) eh gemma-race-force "${gemma[@]}" "${plat[@]}" --max-bt 256,384,512 --graphs off,varlen --inject varlen=reset-late; patched "$out/gemma-race-force" ;;
+    gemma-race-fix) eh gemma-race-fix "${gemma[@]}" "${plat[@]}" --max-bt 384,512 --graphs off,varlen --repeat 5 --inject off=sync-reset --inject varlen=sync-reset; patched "$out/gemma-race-fix" ;;
+    gemma-race-probe) eh gemma-race-probe "${gemma[@]}" "${plat[@]}" --max-bt 384,512 --graphs off,varlen --repeat 5 --inject off=reset-probe --inject varlen=reset-probe; patched "$out/gemma-race-probe" ;;
     gemma-oracle) eh gemma-oracle-constants "${gemma[@]}" "${plat[@]}" --max-bt 384 --graphs off,on,varlen,decode \
                    --oracle constants --cache "$out/runs-oracle" ;;
     # issue 12 (and issue 18's oracle timing): one full verdict timed, its slowest run alone, two at once

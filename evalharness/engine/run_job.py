@@ -184,6 +184,10 @@ def _run(job_dir: Path, job: dict, meta: dict, state: WorkerState) -> int:
                                   eos_token_id=eos if eos is not None else -1,
                                   pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
 
+    # a fault's per-job patch of the engine (reset-late, sync-reset, reset-probe): removed after this job (a PatchError
+    # here fails the job before anything else is patched)
+    job_patch = fault.job_patch() if fault.job_patch is not None else None
+
     # Tee finished requests to results.jsonl as they arrive: generate_batch keeps everything until it returns.
     manager_cls = continuous_api.ContinuousBatchingManager
     original_get, original_add = manager_cls.get_result, manager_cls.add_requests
@@ -238,12 +242,18 @@ def _run(job_dir: Path, job: dict, meta: dict, state: WorkerState) -> int:
         manager_cls.add_requests, manager_cls.get_result = original_add, original_get
         for hook in hooks:
             hook.remove()
+        if job_patch is not None:
+            job_patch.remove()
     meta["generate_s"] = time.perf_counter() - t0
     meta["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
     meta["resolved"] = read_resolved(seen["manager"])
     meta["notes"] += padding_notes
     if state.graph_counts is not None and any(engine["cuda_graph"]):
         meta["resolved"]["graphs_captured"] = dict(state.graph_counts)
+    if job_patch is not None:  # what was patched and what it saw (reset-late: armed/fired; reset-probe: timings)
+        meta["patch"] = job_patch.report()
+        if meta["patch"].get("fired") == 0:
+            meta["notes"].append(f"{fault.name} never fired: this run built no async IOs (async batching off?)")
     if auditor is not None:
         meta["audit"] = auditor.to_json()
     if constants is not None and constants.captures:
