@@ -72,7 +72,7 @@ for s in "$@"; do
     gemma-pre)   eh gemma-pre45323 "${gemma[@]}" "${plat[@]}" --max-bt 384 --graphs off,varlen --inject varlen=pre45323 ;;
     # issue 14's open question: is Gemma 3's non-deterministic first token (reports/h200-repeat/) async batching's?
     gemma-async) eh gemma-async "${gemma[@]}" "${plat[@]}" --max-bt 384,512 --graphs off,varlen --async on,off --repeat 4 ;;
-    # transformers' async reset race (/work/coord/async-race.md, evalharness/engine/reset_race.py): forced (the graph run
+    # transformers' async reset race (reports/h200-repeat/ANALYSIS.md, evalharness/engine/reset_race.py): forced (the graph run
     # only: confirmed STALE_GRAPH, sample 0 alone, every max_bt), fixed (0 flagged), probed (flagged runs: reset after H2D)
     gemma-race-force) eh gemma-race-force "${gemma[@]}" "${plat[@]}" --max-bt 256,384,512 --graphs off,varlen --inject varlen=reset-late; patched "$out/gemma-race-force" ;;
     gemma-race-fix) eh gemma-race-fix "${gemma[@]}" "${plat[@]}" --max-bt 384,512 --graphs off,varlen --repeat 5 --inject off=sync-reset --inject varlen=sync-reset; patched "$out/gemma-race-fix" ;;
