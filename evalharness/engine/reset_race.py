@@ -1,4 +1,4 @@
-"""Transformers' start-of-run reset race in async batching (reports/h200-repeat/ANALYSIS.md): force it, fix it, observe it.
+"""Transformers' start-of-run reset race in async batching (reports/h200-repeat/ANALYSIS.md): force, fix, observe.
 
 `ContinuousBatchingAsyncIOs` (transformers 5.17 .. 5.24 at least) writes both IO pairs' device tensors on the thread's
 current (legacy default) stream when it is built and when `reset()` starts a generation loop, and never orders those
