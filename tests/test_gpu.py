@@ -157,3 +157,49 @@ def test_torch_flash_decode_steps_match_paged_sdpa_and_the_varlen_kernel():
             a, b = ours[step], ref[step]
             assert a.shape == b.shape
             assert (a - b).abs().max().item() <= 0.02 * b.abs().max().item() + 1e-2, f"{other} {cb}: step {step}"
+
+
+def _async_step_logits(model, attn: str, prompt: list[int]) -> list:
+    """Every CB forward's logits for one long prompt (chunks of max_batch_tokens 64), async batching on, graphs off."""
+    from transformers import ContinuousBatchingConfig, GenerationConfig
+
+    model.set_attn_implementation(attn)
+    captured = []
+    handle = model.register_forward_hook(lambda m, a, out: captured.append(out.logits.float().clone()))
+    try:
+        model.generate_batch(inputs=[prompt], generation_config=GenerationConfig(max_new_tokens=4, do_sample=False,
+                                                                                  eos_token_id=-1),
+                             continuous_batching_config=ContinuousBatchingConfig(
+                                 max_batch_tokens=64, use_cuda_graph=False, use_async_batching=True),
+                             progress_bar=False)
+        torch.cuda.synchronize()
+    finally:
+        handle.remove()
+    return captured
+
+
+def test_reset_race_forced_corrupts_the_first_request_and_the_fix_leaves_the_run_as_it_was():
+    """reset-late (engine/reset_race.py) replays the async IOs' reset after step 1's H2D: the first chunk's KV is never
+    written, so a later step of the same request (context: the zeroed chunk) differs from a clean run; sync-reset
+    changes nothing in an idle process (the race needs a delayed default stream) but synchronises."""
+    from evalharness.engine import reset_race, torch_flash
+
+    name = torch_flash.register()
+    model = _tiny_llama()
+    prompt = torch.randint(0, 512, (200,), generator=torch.Generator().manual_seed(2)).tolist()  # 4 chunks of <= 64
+    clean = _async_step_logits(model, name, prompt)
+    force = reset_race.install_force()
+    try:
+        forced = _async_step_logits(model, name, prompt)
+    finally:
+        force.remove()
+    fix = reset_race.install_fix()
+    try:
+        fixed = _async_step_logits(model, name, prompt)
+    finally:
+        fix.remove()
+    assert force.report()["fired"] >= 1 and fix.report()["synced"] >= 1
+    assert len(clean) == len(forced) == len(fixed) >= 5  # 4 prefill chunks, then decode steps
+    differs = [i for i, (a, b) in enumerate(zip(clean, forced)) if a.shape != b.shape or not torch.allclose(a, b)]
+    assert any(i >= 1 for i in differs), "the forced race left every step after step 1 unchanged"
+    assert all(a.shape == b.shape and torch.allclose(a, b) for a, b in zip(clean, fixed))
