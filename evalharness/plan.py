@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,21 @@ def default_out() -> Path:
     return Path("reports") / f"{time.strftime('%Y%m%d-%H%M%S')}-gsm8k"
 
 
+def check_folder(folder: Path, flag: str) -> None:
+    """What ensure_writable_folder would refuse, found without creating anything: a file in the way, a path inside a
+    file, a nearest existing folder this user cannot write."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{flag} {folder}: exists and is not a folder")
+    parent = folder
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {folder}: cannot write there (Not a directory)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {folder}: cannot write there (Permission denied)")
+
+
 def ensure_writable_folder(folder: Path, flag: str) -> None:
     """Create `folder` (and its parents) and prove a file can be written there, before any engine runs: an existing
     file, a path inside a file or a read-only place is one usage error, not a traceback after the run."""
@@ -105,6 +121,10 @@ def prepare_jobs(s: Settings, cuda: bool | None = None, model: dict | None = Non
     """Plan the engine runs of `s` as jobs. Given `cuda`, `model`, `probes` or `interpreters` (from a plan made
     elsewhere) are used instead of asking this machine."""
     saved = settings_json(s)
+    out = s.output.folder or default_out()
+    check_folder(out, "--out")  # before the model is fetched (minutes on a fresh machine), creating nothing yet
+    if s.execution.cache is not None:
+        check_folder(s.execution.cache, "--cache")
     s, source, task, model, injections = prepare(s, model)
     mx = s.matrix
     attns = mx.attns
@@ -119,7 +139,6 @@ def prepare_jobs(s: Settings, cuda: bool | None = None, model: dict | None = Non
                      repeat=s.verdict.repeat, oracle=s.verdict.oracle)
     unsupported = unsupported_modes(plan, probes)
     needed = {k for mp in plan.modes if mp.cell_id not in unsupported for k in (*mp.graph_runs, mp.twin) if k}
-    out = s.output.folder or default_out()
     ensure_writable_folder(out, "--out")
     if s.execution.cache is not None:
         ensure_writable_folder(s.execution.cache, "--cache")

@@ -2,6 +2,7 @@
 # One device call of this session's H200 evidence (kind nvidia-h200-x2): unpack the parts once, start the two
 # scenario streams once, detached, then wait up to SECS seconds and pack what finished into OUT.
 #   A="..." B="..." reports/h200-drive.sh OUT SECS
+# The parts (/tmp/parts/s1.part.* and g.part.*) come from reports/h200-parts.sh, one carried folder per call.
 set -u
 out=${1:?OUT}; secs=${2:-560}; t0=$SECONDS; ev=/tmp/ev
 pipi() { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$@"; }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -23,10 +24,10 @@ def good_data(tmp_path):
     return path
 
 
-def run_cli(args, out):
+def run_cli(args, out, env=None):
     """The installed entry point's code path, in a fresh interpreter: real stdout, stderr and exit status."""
     proc = subprocess.run([sys.executable, "-m", "evalharness", "gsm8k", *args, "--out", str(out), "--no-progress"],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -110,7 +111,9 @@ def test_unusable_out_folder_is_one_line_and_exit_2(where, tmp_path, good_data):
     blocker = tmp_path / "blocker"
     blocker.write_text("not a folder")
     out = blocker if where == "existing file" else blocker / "report"
-    rc, stdout, stderr = run_cli(["--data", str(good_data), "--fewshot", "0", "--graphs", "off"], out)
+    # an empty model cache, as on a fresh machine: --out is refused before the default model would be fetched
+    rc, stdout, stderr = run_cli(["--data", str(good_data), "--fewshot", "0", "--graphs", "off"], out,
+                                 env={"EVALHARNESS_CACHE": str(tmp_path / "empty-cache"), "HF_HUB_OFFLINE": "1"})
     assert rc == 2 and stdout == "" and len(stderr.splitlines()) == 1, stderr
     assert stderr.startswith(f"evalharness: error: --out {out}: "), stderr
     assert blocker.read_text() == "not a folder"
