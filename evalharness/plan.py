@@ -106,8 +106,7 @@ def ensure_writable_folder(folder: Path, flag: str) -> None:
     import tempfile
 
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(f"{flag} {folder}: exists and is not a folder")
+    check_folder(folder, flag)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):

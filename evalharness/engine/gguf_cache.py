@@ -45,6 +45,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from ..results import atomic_write_json
+
 FORMAT = 2  # bump when what an entry holds or how it is checked changes: older entries and refusals are not used
 PROBE = "Question: Natalia sold clips to 48 of her friends in April. Answer: 48 / 2 = <<48/2=24>>24 é ü 日本 \n\t#### 72"
 # whitespace runs, blank lines, CRLF, a leading space, empty text (BOS alone), rare characters and byte fallback
@@ -81,10 +83,7 @@ def file_sha256(path: Path) -> str:
         known = {}
     if key not in known:
         known[key] = sha256(path)
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known))
-        os.replace(tmp, memo)
+        atomic_write_json(memo, known)
     return known[key]
 
 
@@ -302,10 +301,8 @@ def build(model: dict, attn: str, dtype, dtype_name: str, gguf: Path, sha: str, 
         diff = [f"{type(e).__name__}: {e}".splitlines()[0][:300]]
     info = {"entry": str(entry), "hit": False}
     if diff:
-        refused = refused_file(entry)  # written whole, then renamed: a worker reads it without the lock
-        partial = refused.with_name(f"{refused.name}.{os.getpid()}.tmp")
-        partial.write_text(json.dumps({"why": diff[:10], "gguf": str(gguf), "sha256": sha}))
-        os.replace(partial, refused)
+        # written whole, then renamed: a worker reads it without the lock
+        atomic_write_json(refused_file(entry), {"why": diff[:10], "gguf": str(gguf), "sha256": sha})
         shutil.rmtree(tmp, ignore_errors=True)
         return lm, tok, {**info, "refused": diff[:10]}
     (tmp / "verified.json").write_text(json.dumps({
