@@ -54,6 +54,11 @@ eh() { local name=$1; shift
        local t0=$SECONDS
        timeout "${SCEN_TIMEOUT:-590}" python3 -m evalharness gsm8k "${common[@]}" "$@" --out "$out/$name" > "$out/$name.log" 2>&1
        echo "== $name exit code $? in $((SECONDS - t0)) s"; show "$out/$name"; }
+speed() { local name=$1; shift  # benchmarks/gpu_verdict.py on Gemma 3, SPEED_LIMIT (default 300) questions, CoT
+         timeout "${SCEN_TIMEOUT:-590}" python3 benchmarks/gpu_verdict.py "${gemma[@]}" "${plat[@]}" \
+           --limit "${SPEED_LIMIT:-300}" --prompt cot --max-new-tokens 256 --max-bt 384 --attn torch-flash "$@" \
+           > "$out/$name.log" 2>&1
+         echo "== $name exit $?"; tail -5 "$out/$name.log"; }
 for s in "$@"; do
   case $s in
     gpu-tests)   timeout 300 python3 -m pytest -q -m gpu tests/test_gpu.py -rA -p no:cacheprovider > "$out/gpu-tests.log" 2>&1
@@ -80,16 +85,8 @@ for s in "$@"; do
     gemma-oracle) eh gemma-oracle-constants "${gemma[@]}" "${plat[@]}" --max-bt 384 --graphs off,on,varlen,decode \
                    --oracle constants --cache "$out/runs-oracle" ;;
     # issue 12 (and issue 18's oracle timing): one full verdict timed, its slowest run alone, two at once
-    speed-verdict|speed-solo|speed-concurrent)
-                 timeout "${SCEN_TIMEOUT:-590}" python3 benchmarks/gpu_verdict.py "${gemma[@]}" "${plat[@]}" \
-                   --limit "${SPEED_LIMIT:-300}" --prompt cot --max-new-tokens 256 --max-bt 384 --attn torch-flash \
-                   --out "$out/h200-speed/gemma3-270m" --step "${s#speed-}" > "$out/$s.log" 2>&1
-                 echo "== $s exit $?"; tail -5 "$out/$s.log" ;;
-    speed-oracle) timeout "${SCEN_TIMEOUT:-590}" python3 benchmarks/gpu_verdict.py "${gemma[@]}" "${plat[@]}" \
-                   --limit "${SPEED_LIMIT:-300}" --prompt cot --max-new-tokens 256 --max-bt 384 --attn torch-flash \
-                   --oracle constants --out "$out/h200-speed/gemma3-270m-oracle-constants" --step verdict \
-                   > "$out/$s.log" 2>&1
-                 echo "== $s exit $?"; tail -5 "$out/$s.log" ;;
+    speed-verdict|speed-solo|speed-concurrent) speed "$s" --out "$out/h200-speed/gemma3-270m" --step "${s#speed-}" ;;
+    speed-oracle) speed "$s" --oracle constants --out "$out/h200-speed/gemma3-270m-oracle-constants" --step verdict ;;
     # issue 16
     sweep-ab)    eh sweep-ab "${smol[@]}" "${data[@]}" --max-bt 128:1024:128 --graphs off,on,varlen,decode \
                    --inject main:varlen=pre45323 --engine main=python3 --engine old=/tmp/tf554 \

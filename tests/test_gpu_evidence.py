@@ -36,10 +36,15 @@ def load(folder: str) -> tuple[dict, dict[tuple, RunResult], dict[tuple, list[di
         for line in f:
             r = json.loads(line)
             rows[(r.get("engine"), r["max_bt"], r["mode"], r["twin"])].append(r)
-    runs = {k: RunResult(key=v[0]["run"], status="ok", samples=[
-        Sample(index=r["index"], status=r["status"], token_ids=r["token_ids"], text=r["text"], error=r["error"])
-        for r in sorted(v, key=lambda r: r["index"])]) for k, v in rows.items()}
+    runs = {k: as_run(v[0]["run"], v) for k, v in rows.items()}
     return summary, runs, rows
+
+
+def as_run(key: str, rows: list[dict]) -> RunResult:
+    """A finished run rebuilt from its recorded sample rows (index, status, token_ids, text, error)."""
+    return RunResult(key=key, status="ok", samples=[
+        Sample(index=r["index"], status=r["status"], token_ids=r["token_ids"], text=r["text"], error=r["error"])
+        for r in sorted(rows, key=lambda r: r["index"])])
 
 
 def test_every_recorded_scenario_is_checked():
@@ -154,9 +159,7 @@ def extra_runs() -> dict[str, RunResult]:
         for line in f:
             r = json.loads(line)
             rows[r["run"]].append(r)
-    return {k: RunResult(key=k, status="ok", samples=[
-        Sample(index=r["index"], status=r["status"], token_ids=r["token_ids"], text=r["text"], error=r["error"])
-        for r in sorted(v, key=lambda r: r["index"])]) for k, v in rows.items()}
+    return {k: as_run(k, v) for k, v in rows.items()}
 
 
 @pytest.mark.parametrize("scenario", REPEAT_FOLDERS)
