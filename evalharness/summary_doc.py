@@ -10,16 +10,18 @@ and `Cell.from_json` read them back.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 from .history import HistoryCheck
-from .summary_header import Header
+from .summary_header import Header, Record
 from .verdict import ModeOutcome, Verdict, exit_code
 
 
 @dataclass(frozen=True)
-class Cell:
+class Cell(Record):
+    """One cell of summary.json (Record: to_json gives its keys, from_json reads them, keys an older file lacks at
+    their defaults)."""
+
     # which cell
     id: str  # e.g. "384/attn=sdpa/on"
     engine: str
@@ -68,14 +70,6 @@ class Cell:
     wall_s: float | None = None
     peak_mem_gb: float | None = None
 
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict) -> "Cell":
-        """A cell of a summary.json (keys it lacks, e.g. from an older version, at their defaults)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def worst_per_mode(cells) -> dict[str, Cell]:

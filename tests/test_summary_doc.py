@@ -14,7 +14,7 @@ from evalharness.summary_doc import Cell, Summary, worst_per_mode
 from evalharness.summary_header import AbRow, EngineInfo, Header, PoolRecord, RunRow, Versions
 
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
-FIELDS = {f.name for f in dataclasses.fields(Cell)}
+FIELDS = set(Cell.keys())  # summary.json keys of a cell (the dataclass fields but Record.absent)
 # summary.json files whose cells have every field of Cell (older evidence predates some, e.g. confirmation)
 CURRENT = [p for p in sorted(REPORTS.glob("**/summary.json"))
            if all(FIELDS <= set(c) for c in json.loads(p.read_text())["cells"])]
