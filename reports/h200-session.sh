@@ -93,6 +93,13 @@ for s in "$@"; do
                    --max-new-tokens "${SWEEP_NEW_TOKENS:-256}" ;;
     audit-pre)   eh audit-pre45323 "${smol[@]}" "${data[@]}" --max-bt 384 --graphs off,varlen --inject varlen=pre45323 --audit ;;
     audit-clean) eh audit-clean "${smol[@]}" "${data[@]}" --max-bt 384 --graphs off,varlen --audit ;;
+    audit-overhead) timeout "${SCEN_TIMEOUT:-590}" python3 benchmarks/audit_overhead.py --mode varlen --keep "$out/audit-overhead" -- \
+                   "${smol[@]}" "${data[@]}" --limit "$limit" --prompt fewshot --fewshot 8 --attn torch-flash --dtype bf16 \
+                   --max-bt 384 > "$out/audit-overhead.log" 2>&1; echo "== audit-overhead exit $?"; tail -6 "$out/audit-overhead.log" ;;
+    # issue 12: the dequantized GGUF cache on the GPU host (one build, the other workers hit it)
+    gguf-load)   timeout "${SCEN_TIMEOUT:-590}" python3 benchmarks/gguf_cache_load.py --model /tmp/g/models \
+                   --gguf-file gemma-3-270m-q4_k_m.gguf --workers 6 > "$out/gguf-load.log" 2>&1
+                 echo "== gguf-load exit $?"; tail -12 "$out/gguf-load.log" ;;
     *) echo "unknown scenario $s" >&2 ;;
   esac
 done
