@@ -22,7 +22,8 @@ from evalharness.stats import mcnemar_exact
 REPORTS = Path(__file__).resolve().parents[1] / "reports"
 EVIDENCE = REPORTS / "h200-positive-controls"
 # every recording: folder -> the workload it was run with (questions, the max_bt values of its cells)
-WORKLOADS = {"h200-positive-controls": (600, {384}), "h200-decode": (128, {384}), "h200-repeat": (128, {256, 384, 512})}
+WORKLOADS = {"h200-positive-controls": (600, {384}), "h200-decode": (128, {384}), "h200-repeat": (128, {256, 384, 512}),
+             "h200-sweep": (128, set(range(128, 1025, 128)))}
 FOLDERS = sorted(f"{p.parent.parent.name}/{p.parent.name}" for root in WORKLOADS
                  for p in (REPORTS / root).glob("*/samples.jsonl.xz"))
 
@@ -50,7 +51,7 @@ def as_run(key: str, rows: list[dict]) -> RunResult:
 def test_every_recorded_scenario_is_checked():
     assert {f"h200-positive-controls/{s}" for s in ("clean", "pre45323", "transformers-5.5.4", "coarse-key")} | \
         {f"h200-decode/{s}" for s in ("clean", "pre45323", "decode-coarse")} | \
-        {f"h200-repeat/{s}" for s in REPEAT_FOLDERS} <= set(FOLDERS)
+        {f"h200-repeat/{s}" for s in REPEAT_FOLDERS} | {f"h200-sweep/{s}" for s in SWEEP_FOLDERS} <= set(FOLDERS)
 
 
 @pytest.mark.parametrize("folder", FOLDERS)
@@ -58,9 +59,14 @@ def test_cells_follow_from_the_recorded_tokens(folder):
     summary, runs, rows = load(folder)
     n, budgets = WORKLOADS[folder.split("/")[0]]
     assert summary["n"] == n and summary["max_bt"] in budgets
+    assert set(summary.get("max_bts") or [summary["max_bt"]]) <= budgets
     for cell in summary["cells"]:
         assert cell["max_bt"] in budgets
         key = (cell.get("engine"), cell["max_bt"], cell["mode"])
+        if (*key, False) not in rows:  # never run: a per-path mode on transformers 5.5.x
+            assert cell["verdict"] == "SKIPPED" and "bool use_cuda_graph" in cell["reason"]
+            assert cell["wall_s"] is None and cell["twin_mismatches"] is None
+            continue
         run, samples = runs[(*key, False)], rows[(*key, False)]
         assert {s["run"] for s in samples} == {cell["run"]}
         failed = sum(s["status"] != "ok" for s in samples)
@@ -152,27 +158,35 @@ REPEAT = REPORTS / "h200-repeat"
 REPEAT_FOLDERS = ("gemma-repeat", "gemma-repeat3", "gemma-pre45323")
 
 
-def extra_runs() -> dict[str, RunResult]:
-    """The confirmation re-runs and --repeat runs of h200-repeat (samples.jsonl holds each mode's first run only)."""
+SWEEP = REPORTS / "h200-sweep"
+SWEEP_FOLDERS = ("sweep-ab", "smol-tf554", "audit-pre45323")
+
+
+def extra_runs(folder: Path = REPEAT) -> dict[str, RunResult]:
+    """A recording's confirmation re-runs, twin re-runs and --repeat runs (samples.jsonl holds each mode's first run
+    and twin only), kept in the scenario's folder or, for h200-repeat, beside it. One file per scenario where
+    scenarios shared a run cache: a run's key names its engine configuration, not the workload."""
+    path = folder / "extra-runs.jsonl.xz"
     rows = defaultdict(list)
-    with lzma.open(REPEAT / "extra-runs.jsonl.xz", "rt", encoding="utf-8") as f:
+    with lzma.open(path if path.is_file() else folder.parent / path.name, "rt", encoding="utf-8") as f:
         for line in f:
             r = json.loads(line)
             rows[r["run"]].append(r)
     return {k: as_run(k, v) for k, v in rows.items()}
 
 
-@pytest.mark.parametrize("scenario", REPEAT_FOLDERS)
-def test_every_confirmation_follows_from_the_recorded_runs(scenario):
+@pytest.mark.parametrize("folder", [f"h200-repeat/{s}" for s in REPEAT_FOLDERS] + [f"h200-sweep/{s}" for s in SWEEP_FOLDERS])
+def test_every_confirmation_follows_from_the_recorded_runs(folder):
     """Each cell's confirmation (status, and per run: mismatches and first differing tokens) is what confirm.py says
-    about the recorded runs: the first run from samples.jsonl, the repeats and re-runs from extra-runs.jsonl.xz."""
+    about the recorded runs: the first run from samples.jsonl, the repeats and re-runs (of the graph run and of the
+    twin) from the recording's extra-runs.jsonl.xz."""
     from types import SimpleNamespace
 
     from evalharness.confirm import confirm
     from evalharness.config import ModePlan
 
-    summary, runs, _ = load(f"h200-repeat/{scenario}")
-    extra = extra_runs()
+    summary, runs, _ = load(folder)
+    extra = extra_runs(REPORTS / folder)
     checked = 0
     for cell in summary["cells"]:
         recorded = cell.get("confirmation")
@@ -180,14 +194,14 @@ def test_every_confirmation_follows_from_the_recorded_runs(scenario):
             continue
         key = (cell.get("engine"), cell["max_bt"], cell["mode"])
         results = {**extra, cell["run"]: runs[(*key, False)], "twin": runs[(*key, True)]}
-        roles = {r["run"]: r for r in recorded["runs"]}
+        roles = {r["run"]: r for r in recorded["runs"] + recorded["twin_reruns"]}
         mp = ModePlan(mode=cell["mode"], max_bt=cell["max_bt"], run=cell["run"], twin="twin", fault=cell["inject"],
                       graphs_effective=(True, True),
                       repeats=[k for k, r in roles.items() if r["role"] == "repeat"],
-                      reruns=[k for k, r in roles.items() if r["role"] == "re-run"])
+                      reruns=[k for k, r in roles.items() if r["role"] == "re-run"],
+                      twin_reruns=[r["run"] for r in recorded["twin_reruns"]])
         plan = SimpleNamespace(runs={k: SimpleNamespace(attempt=r["attempt"]) for k, r in roles.items()})
-        derived = confirm(mp, plan, results).to_json()
-        assert derived == {**recorded, "twin_reruns": derived["twin_reruns"]} and not recorded["twin_reruns"]
+        assert confirm(mp, plan, results).to_json() == recorded
         checked += 1
     assert checked
 
@@ -248,3 +262,67 @@ def test_the_speed_benchmark_follows_from_its_verdicts_summary():
     logs = [(root / f"{p.name}.log").read_text() for p in sorted(root.glob("concurrent-*")) if p.is_dir()]
     assert len(logs) == len(speed["concurrent"]["walls"]) == 2
     assert sum("held by other invocations" in log for log in logs) == 1
+
+
+# --- reports/h200-sweep/: the seed's sweep with MAIN and transformers 5.5.4 side by side, and attribution ----------
+def _sweep() -> dict[tuple, dict]:
+    return {(c["engine"], c["max_bt"], c["mode"]): c for c in load("h200-sweep/sweep-ab")[0]["cells"]}
+
+
+def test_the_sweep_catches_both_faults_at_every_budget_and_nothing_crashes():
+    """pre-#45323 on main's varlen graphs and transformers 5.5.4's graphs are flagged at all 8 budgets: by the twin
+    where the tokens change (confirmed by re-runs), by the stale-constant check alone where they do not; no request
+    failed anywhere (the seed's illegal memory accesses at 896/1024 do not occur with this kernel)."""
+    cells = _sweep()
+    budgets = range(128, 1025, 128)
+    assert len(cells) == 64 and all(c["failed_requests"] == 0 for c in cells.values())
+    for bt in budgets:
+        pre, old = cells[("main", bt, "varlen")], cells[("old", bt, "on")]
+        assert pre["inject"] == "pre45323" and old["transformers"] == "5.5.4"
+        for c in (pre, old):
+            assert c["verdict"] in ("STALE_GRAPH", "STALE_CONSTANT") and c["stale_constants_total"] > 0
+            assert {"max_seqlen_q", "max_seqlen_k"} <= set(c["constant_check"]["names"])
+            if c["verdict"] == "STALE_GRAPH":
+                assert c["confirmation"]["status"] == "confirmed"
+        # the twin alone would have missed pre45323 at the small budgets: the tokens did not change there
+        assert (pre["twin_mismatches"] == 0) == (bt <= 256)
+        for mode in ("varlen", "decode"):  # 5.5.4 has one bool use_cuda_graph: per-path modes cannot run
+            assert cells[("old", bt, mode)]["verdict"] == "SKIPPED"
+
+
+def test_clean_decode_graphs_differ_only_in_sample_66_and_never_by_a_stale_constant():
+    """The sweep's one finding on clean transformers 5.17: the cells that replay decode graphs (`on`, `decode`) differ
+    from their twin at a few budgets, always in sample 66 alone, from its first token, with no stale launch constant;
+    `varlen`-only graphs on clean main are not in this sweep (pre45323 is injected there), `off` never has a twin."""
+    flagged = {}
+    for (engine, bt, mode), c in _sweep().items():
+        if engine != "main" or mode not in ("on", "decode"):
+            continue
+        assert c["stale_constants_total"] == 0 and c["resolved_engine"]["graphs_captured"]["decode"] > 0
+        if c["verdict"] != "PASS":
+            flagged[(bt, mode)] = c["verdict"]
+            assert c["twin_mismatches"] == 1 and [m["index"] for m in c["first_mismatches"]] == [66]
+            assert c["first_mismatches"][0]["token"] == 0
+    assert flagged == {(384, "on"): "STALE_GRAPH", (512, "decode"): "STALE_GRAPH", (896, "decode"): "STALE_GRAPH",
+                       (1024, "on"): "STALE_GRAPH", (1024, "decode"): "NONDETERMINISTIC"}
+
+
+def test_transformers_5_5_4_with_graphs_on_is_flagged():
+    cells = {c["mode"]: c for c in load("h200-sweep/smol-tf554")[0]["cells"]}
+    on = cells["on"]
+    assert on["transformers"] == "5.5.4" and on["engine"] == "old"
+    assert on["verdict"] == "STALE_GRAPH" and on["confirmation"]["status"] == "confirmed" and on["twin_mismatches"] > 0
+    assert {"max_seqlen_q", "max_seqlen_k"} <= set(on["constant_check"]["names"])
+    assert cells["off"]["verdict"] == "PASS"
+
+
+def test_the_audit_attributes_pre45323_to_the_varlen_path_and_max_seqlen_q():
+    cell = {c["mode"]: c for c in load("h200-sweep/audit-pre45323")[0]["cells"]}["varlen"]
+    assert cell["verdict"] == "STALE_GRAPH" and cell["confirmation"]["status"] == "confirmed"
+    att = cell["attribution"]
+    assert att["mismatching_replays"] >= 1 and att["replays_audited"] > 0
+    first = att["first"]
+    assert first["path"] == "varlen" and first["key"][0] == 384
+    q = first["differing"]["max_seqlen_q"]
+    assert q["captured"] != q["replayed"]
+    assert first in att["findings"]
