@@ -326,3 +326,47 @@ def test_the_audit_attributes_pre45323_to_the_varlen_path_and_max_seqlen_q():
     q = first["differing"]["max_seqlen_q"]
     assert q["captured"] != q["replayed"]
     assert first in att["findings"]
+
+
+def _bench():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_verdict", REPORTS.parent / "benchmarks" / "gpu_verdict.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def _speed(root: Path) -> tuple[dict, dict]:
+    speed = json.loads((root / "verdict-speed.json").read_text())
+    folder = root / Path(speed["command"].split("--out ")[1].split()[0]).name
+    return speed, json.loads((folder / "summary.json").read_text())
+
+
+def test_after_the_cache_fix_the_loads_overlap_and_one_worker_builds_the_cache():
+    """reports/h200-speed/cache-fix/: the second recording. On the cold cache one worker built the dequantized entry
+    and the five others waited for it and then hit it, so the six loads ended together (not one after another, as in
+    the first recording); the oracle verdict that followed loaded from the warm cache in seconds; two verdicts at once
+    each stayed within 1.5x of the single verdict."""
+    root = REPORTS / "h200-speed" / "cache-fix"
+    bench = _bench()
+    speed, summary = _speed(root / "gemma3-270m")
+    rows = bench.runs_of(summary)
+    assert speed["runs"] == rows and speed["jobs"] == len(rows) == 6 and speed["timeouts"] == 0
+    assert speed["ratio"] == speed["wall_s"] / speed["slowest_solo_s"]
+    assert speed["model_loads"] == summary["pool"]["model_loads"] <= speed["workers"]
+    caches = [json.loads(c) for c in speed["gguf_cache"]]
+    assert sum(bool(c.get("built")) for c in caches) == 1 and sum(c["hit"] for c in caches) == 5
+    loads = sorted(r["load_s"] for r in rows)
+    assert loads[-1] - loads[0] < 10 < loads[0]  # together, after the one build
+    assert all(c["waited_s"] > 0.8 * loads[0] for c in caches if c["hit"])
+    assert max(speed["concurrent"]["ratios"].values()) <= 1.5
+    oracle, osummary = _speed(root / "gemma3-270m-oracle-constants")
+    orows = bench.runs_of(osummary)
+    assert oracle["runs"] == orows and oracle["jobs"] == len(orows) == 4  # no twins
+    assert max(r["load_s"] for r in orows) < 15 and all(json.loads(c)["hit"] for c in oracle["gguf_cache"])
+    assert oracle["verdicts"] == {m: c["verdict"] for m, c in osummary["modes"].items()} == speed["verdicts"]
+    log = (root / "gguf-load.log").read_text()  # benchmarks/gguf_cache_load.py's JSON (progress bars dropped)
+    gguf = json.loads(log[log.index("{"):])
+    assert [w["info"].get("built", False) for w in gguf["workers"]].count(True) == 1
+    assert gguf["hit"]["info"]["hit"] and gguf["hit"]["load_s"] < gguf["gguf"]["load_s"] / 3
