@@ -98,12 +98,32 @@ def test_flat_settings_json_of_format_1_is_still_read(tmp_path):
         store.settings_from_flat_json({"bogus": 1})
 
 
-@pytest.mark.parametrize("path", sorted(REPORTS.glob("*/*/settings.json")), ids=lambda p: p.parent.name)
+COMMITTED = {p: json.loads(p.read_text())["format"] for p in REPORTS.glob("**/settings.json")}
+
+
+def test_committed_settings_are_of_both_formats():
+    assert set(COMMITTED.values()) == {1, 2}
+
+
+@pytest.mark.parametrize("path", sorted(p for p, f in COMMITTED.items() if f == 2),
+                         ids=lambda p: f"{p.parent.parent.name}/{p.parent.name}")
+def test_committed_nested_settings_resume(path, tmp_path):
+    """The GPU evidence recorded since the nested Settings (format 2): a resume reads it, and writing it back gives
+    the same document."""
+    doc = json.loads(path.read_text())
+    (tmp_path / store.SETTINGS_FILE).write_text(path.read_text())
+    s = store.load_settings(tmp_path)
+    assert s.model.gguf_file == doc["settings"]["model"]["gguf_file"]
+    assert s.matrix.modes == doc["settings"]["matrix"]["modes"]
+    assert doc["format"] == 2 and store.settings_json(s) == doc["settings"]
+
+
+@pytest.mark.parametrize("path", sorted(p for p, f in COMMITTED.items() if f == 1),
+                         ids=lambda p: f"{p.parent.parent.name}/{p.parent.name}")
 def test_committed_flat_settings_reach_their_fields(path, tmp_path):
     """The committed GPU evidence's settings.json (format 1, flat): every value lands in its group's field, and a
     resume reads the file (store.load_settings picks the reader by format)."""
     doc = json.loads(path.read_text())
-    assert doc["format"] == 1
     (tmp_path / store.SETTINGS_FILE).write_text(path.read_text())
     s = store.load_settings(tmp_path)
     assert s == store.settings_from_flat_json(doc["settings"]) and flat(s) == doc["settings"]
