@@ -1,8 +1,16 @@
 #!/usr/bin/env python3
 """One full 4-mode verdict at GPU speed, timed: writes verdict-speed.json.
 
+0. The model, prepared once as a nightly job's persisting cache has it: for a GGUF model (and the dequantized cache
+   on, EVALHARNESS_GGUF_CACHE), one load in a worker-like process (`transformers_cb.load_model`, with the
+   verdict's interpreter, dtype and EVALHARNESS_CACHE), which builds the dequantized cache entry if it is missing
+   (Gemma 3 270M: ~77 s on the H200 host, mostly the GGUF tokenizer's conversion). `cache_build_s`: that load's
+   seconds; `cold_cache`: whether it built the entry (true) or found it (false); null for a model without the cache.
+   So `wall_s` below is the steady state, and the cold cost stays visible beside it.
 1. The verdict: `evalharness gsm8k --graphs off,on,varlen,decode` into a fresh folder (no cached run), with the
-   pool's defaults (--jobs auto on CUDA) unless --jobs is given. Wall time of the whole invocation.
+   pool's defaults (--jobs auto on CUDA) unless --jobs is given. Wall time of the whole invocation. A model that
+   the engine gives no decode fast path (sliding-window layers: Gemma 3) gets no `decode` jobs (SKIPPED at plan
+   time, plan.unsupported_modes): 4 jobs, not 6.
 2. Its slowest run again alone, in a fresh folder: `evalharness plan` with the same settings, then `evalharness
    run-job` of that run (its own worker: interpreter start, model load, generation). Target: 1. <= 1.3 x 2.
 3. With --concurrent: two invocations of the same verdict started together, each into its own folder; each one's
@@ -10,7 +18,8 @@
 
 verdict-speed.json: wall_s, slowest_solo_s, ratio, jobs, workers, threads_per_worker, model_loads, timeouts, runs
 (each {"run", "wall_s", "load_s", "generate_s", "worker", "attempts", "status"}), budget (the pool's one line),
-gguf_cache (what the workers reported), command, device; with --concurrent also concurrent ({"walls", "ratios"}).
+gguf_cache (what the workers reported), cache_build_s, cold_cache, prepare (the preparing load's report), command,
+device; with --concurrent also concurrent ({"walls", "ratios"}).
 
     python benchmarks/gpu_verdict.py --model /tmp/models --gguf-file gemma-3-270m-q4_k_m.gguf \\
         --data /tmp/data/test.jsonl --attn torch-flash --out reports/h200-speed/gemma3-270m [--concurrent]
@@ -52,6 +61,35 @@ def settings_args(a) -> list[str]:
         if value is not None:
             out += [flag, str(value)]
     return out
+
+
+PREPARE = """
+import json, sys, time
+from evalharness import models
+from evalharness.engine import gguf_cache
+from evalharness.engine.transformers_cb import load_model
+spec = models.resolve(sys.argv[1], sys.argv[2] or None, sys.argv[3])
+if not spec.get("gguf_file") or not gguf_cache.enabled():
+    print(json.dumps({"gguf": bool(spec.get("gguf_file")), "cache": gguf_cache.enabled()}))
+    sys.exit(0)
+t0 = time.perf_counter()
+lm, tok = load_model(spec, "sdpa")  # the workers' own loader: builds the dequantized entry where it is missing
+print(json.dumps({"load_s": round(time.perf_counter() - t0, 2), "info": lm._evalharness_gguf_cache}))
+"""
+
+
+def prepare(a, log: Path) -> dict:
+    """Step 0: one worker-like load of the model, which leaves the dequantized GGUF cache entry built. Returns
+    {"cache_build_s", "cold_cache", "prepare"} (both null where the model has no such cache)."""
+    cmd = [a.python, "-c", PREPARE, a.model, a.gguf_file or "", a.dtype]
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=f, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"preparing the model exited {proc.returncode}: see {log}")
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    if "load_s" not in report:
+        return {"cache_build_s": None, "cold_cache": None, "prepare": report}
+    return {"cache_build_s": report["load_s"], "cold_cache": bool(report["info"].get("built")), "prepare": report}
 
 
 def verdict(a, out: Path) -> tuple[list[str], int, float]:
@@ -129,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.step in ("solo", "concurrent") and not result:
         raise SystemExit(f"{path}: run --step verdict first")
     if a.step in ("all", "verdict"):
+        prepared = prepare(a, a.out / f"prepare-{stamp}.log")  # not timed: a nightly's cache persists
         folder = a.out / f"verdict-{stamp}"
         cmd, rc, wall = verdict(a, folder)
         summary = json.loads((folder / "summary.json").read_text())
@@ -149,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                                              .get("gguf_cache")) for d in (folder / "runs").iterdir()
                                   if (d / "result.json").exists()}),
             "status_lines": sum(1 for line in log.splitlines() if line.startswith("evalharness: status:")),
+            **prepared,
             "command": shlex.join(cmd), "benchmark": shlex.join([sys.executable, *sys.argv]), "device": device(),
         }
     if a.step in ("all", "solo"):

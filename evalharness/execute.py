@@ -53,14 +53,16 @@ def engine_interpreter(engine: str | None) -> tuple[str, str | None]:
     raise UsageError(f"--engine {engine}: not an interpreter, a virtual environment or a folder")
 
 
-def probe_engines(engines: dict[str, str | None], interpreters: dict[str, tuple[str, str | None]]) -> dict:
-    """Versions and abilities of each engine's transformers; the default one is read in this process."""
+def probe_engines(engines: dict[str, str | None], interpreters: dict[str, tuple[str, str | None]],
+                  model: dict | None = None) -> dict:
+    """Versions and abilities of each engine's transformers (given the model spec, also whether that build gives the
+    model the decode fast path); the default one is read in this process."""
     from .engine import probe_engine
     from .engine.transformers_cb import probe
 
     out = {}
     for name, path in engines.items():
-        out[name] = probe() if path is None else probe_engine(*interpreters[name])
+        out[name] = probe(model) if path is None else probe_engine(*interpreters[name], model=model)
         if "error" in out[name]:
             raise UsageError(f"--engine {name}={path}: its transformers does not load ({out[name]['error']})")
     return out

@@ -25,7 +25,13 @@ from .store import job_hash, settings_json
 
 
 def unsupported_modes(plan: Plan, probes: dict) -> dict[str, str]:
-    """Cells an engine cannot express at all (graphs on one path only where use_cuda_graph is a bool): SKIPPED."""
+    """Cells left out of the run, SKIPPED with the reason, their jobs never scheduled:
+    - what an engine cannot express at all (graphs on one path only where use_cuda_graph is a bool);
+    - a decode-only graph mode (`decode`) for a model that the engine gives no decode fast path (sliding-window
+      layers: the probe's `decode_path`, transformers_cb.decode_path), where no graph can be captured: its graph run
+      and twin would only compete with the runs that matter, for a SKIPPED the verdict would give anyway. A cell
+      with an injected fault keeps its runs (it was asked to run); an unknown `decode_path` keeps them too.
+    `on` keeps its runs: its varlen graphs are tested (the verdict notes that its decode path captured none)."""
     out = {}
     for mp in plan.modes:
         gv, gd = MODES[mp.mode]
@@ -33,7 +39,16 @@ def unsupported_modes(plan: Plan, probes: dict) -> dict[str, str]:
         if gv != gd and not info.get("tuple_graphs", True):
             out[mp.cell_id] = (f"transformers {info.get('transformers', '?')} takes only a bool use_cuda_graph: "
                                f"graphs on one path only ({mp.mode}) cannot be expressed")
+        elif gd and not gv and not mp.fault and (info.get("decode_path") or {}).get("available") is False:
+            out[mp.cell_id] = no_decode_path(info)
     return out
+
+
+def no_decode_path(info: dict) -> str:
+    blocked = " and ".join((info.get("decode_path") or {}).get("blocked") or ["some"])
+    return (f"transformers {info.get('transformers', '?')} gives this model no decode fast path (its {blocked} "
+            "layers' paged cache has no block table): its decode batches run through the varlen path, so a graph "
+            "run on the decode path alone would capture no CUDA graph; not run (neither the graph run nor its twin)")
 
 
 def workload_fingerprint(task: TaskSpec, model: dict, s: Settings) -> str:
@@ -132,7 +147,7 @@ def prepare_jobs(s: Settings, cuda: bool | None = None, model: dict | None = Non
         raise UsageError("--attn torch-flash needs a CUDA GPU (PyTorch's FlashAttention varlen kernel); use --attn "
                          "sdpa on CPU")
     interpreters = interpreters or {name: engine_interpreter(path) for name, path in mx.engines.items()}
-    probes = probes or probe_engines(mx.engines, interpreters)
+    probes = probes or probe_engines(mx.engines, interpreters, {k: v for k, v in model.items() if k != "label"})
     plan = plan_runs(mx.modes, mx.max_bts, caps, injections, engines=list(mx.engines),
                      axes=axes_matrix(attns, mx.asyncs, mx.compiles, mx.fast_paths), audit=mx.audit,
                      repeat=s.verdict.repeat, oracle=s.verdict.oracle)
@@ -156,7 +171,9 @@ def make_job(p: Prepared, key: str, cfg, stall: float | None = None) -> Job:
     """The job of one engine run of p's plan (its cache folder named by everything that determines its output)."""
     s = p.settings
     python, pythonpath = p.interpreters[cfg.engine]
-    job_key = job_hash(p.fingerprint, python, pythonpath, key, p.probes.get(cfg.engine, {}), p.model)
+    # the probe's decode_path only plans (it follows from the model and the transformers build, both in the hash)
+    probe = {k: v for k, v in p.probes.get(cfg.engine, {}).items() if k != "decode_path"}
+    job_key = job_hash(p.fingerprint, python, pythonpath, key, probe, p.model)
     label = f"[{', '.join(p.plan.served_by(key))}] {cfg.describe()}"
     return Job(key=key, engine=cfg, model={k: v for k, v in p.model.items() if k != "label"},
                prompts=p.task.prompts, max_new_tokens=s.workload.max_new_tokens,

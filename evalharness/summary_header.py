@@ -95,6 +95,9 @@ class EngineInfo(Record):
     cuda: str | None = None
     device: str | None = None
     tuple_graphs: bool | None = None  # whether its transformers takes a (prefill, decode) use_cuda_graph pair
+    # whether its transformers gives the model the decode fast path: {available, layer_types, blocked} (None: unknown;
+    # transformers_cb.decode_path); where it does not, `decode` is planned out and SKIPPED (plan.unsupported_modes)
+    decode_path: dict | None = None
     error: str | None = None  # why the probe failed
 
 

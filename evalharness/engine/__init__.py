@@ -73,10 +73,13 @@ def _tail(path: Path, n: int = 20) -> list[str]:
     return [line[:400] for line in lines[-n:]]
 
 
-def probe_engine(python: str = sys.executable, pythonpath: str | None = None, timeout_s: float = 300) -> dict:
-    """Ask an engine's interpreter what its transformers build is and can express (a short-lived worker)."""
+def probe_engine(python: str = sys.executable, pythonpath: str | None = None, timeout_s: float = 300,
+                 model: dict | None = None) -> dict:
+    """Ask an engine's interpreter what its transformers build is and can express (a short-lived worker); given the
+    model spec, also whether that build gives the model the decode fast path."""
+    cmd = [python, "-m", "evalharness.engine.worker", "--probe", *([json.dumps(model)] if model is not None else [])]
     try:
-        proc = subprocess.run([python, "-m", "evalharness.engine.worker", "--probe"], capture_output=True, text=True,
+        proc = subprocess.run(cmd, capture_output=True, text=True,
                               env=worker_env(pythonpath), stdin=subprocess.DEVNULL, timeout=timeout_s)
     except (OSError, subprocess.TimeoutExpired) as e:
         return {"error": f"{type(e).__name__}: {e}"}

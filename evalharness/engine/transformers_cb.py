@@ -1,6 +1,7 @@
 """transformers' side of an engine run: versions, model loading (safetensors or GGUF), the KV cache sized from the
 workload, ContinuousBatchingConfig built from an engine configuration (and what transformers resolved, read back),
-and the `--probe` of what this interpreter's transformers can express.
+and the `--probe` of what this interpreter's transformers can express (for a given model too: whether its layers
+allow the decode fast path).
 """
 
 from __future__ import annotations
@@ -111,11 +112,47 @@ def read_resolved(manager_like) -> dict:
     return out
 
 
-def probe() -> dict:
-    """What this interpreter's transformers can express: read by the parent before planning (`--probe`)."""
+def decode_path(model: dict) -> dict:
+    """Whether this transformers' CB engine can give `model` its decode fast path (block tables), decided from the
+    model's configuration alone (model_config.load_config: no weights) the way the engine decides it: the layers
+    grouped by attention type with the engine's own `group_layers_by_attn_type` on `config.get_text_config()`, and
+    every group's cache supporting a block table. 5.24: `ATTN_TYPE_TO_ALLOCATOR[type].supports_block_table` (False
+    for sliding_attention); 5.5.x-5.17: `PagedAttentionCache` sets `max_blocks_per_request = 0` as soon as one group
+    is sliding_attention. (The attention backend and the device are the plan's side: config.Capabilities.)
+
+    Returns {"available": True/False, "layer_types": [...], "blocked": [types without a block table]}, or
+    {"available": None, "error": ...} where the configuration cannot be read or a layer type is unknown to this
+    engine: the plan then runs decode as it always did, and the verdict reads what the run captured."""
+    try:
+        from transformers.generation.continuous_batching import cache as cb_cache
+
+        from .model_config import load_config
+
+        config = load_config(model).get_text_config()
+        groups = cb_cache.group_layers_by_attn_type(config)
+        # 5.24: {type: layer indices}; 5.5.x-5.17: (layer groups, the type of each group)
+        types = sorted(groups) if isinstance(groups, dict) else sorted(set(groups[1]))
+        allocators = getattr(cb_cache, "ATTN_TYPE_TO_ALLOCATOR", None)
+        if allocators is not None:
+            blocked = [t for t in types if not allocators[t].supports_block_table]
+        elif set(types) <= {"full_attention", "sliding_attention"}:
+            blocked = [t for t in types if t == "sliding_attention"]
+        else:
+            raise ValueError(f"layer types {types}: not known to this engine's paged cache")
+    except Exception as e:  # noqa: BLE001 - anything unreadable keeps the plan as it was; said in the probe
+        return {"available": None, "error": f"{type(e).__name__}: {str(e)[:300]}"}
+    return {"available": not blocked, "layer_types": types, "blocked": blocked}
+
+
+def probe(model: dict | None = None) -> dict:
+    """What this interpreter's transformers can express: read by the parent before planning (`--probe`). Given the
+    model, also whether it can have the decode fast path (`decode_path`)."""
     import dataclasses
 
     from transformers import ContinuousBatchingConfig
 
     fields = sorted(f.name for f in dataclasses.fields(ContinuousBatchingConfig))
-    return {**versions(), "tuple_graphs": _tuple_graphs(ContinuousBatchingConfig), "cb_fields": fields}
+    out = {**versions(), "tuple_graphs": _tuple_graphs(ContinuousBatchingConfig), "cb_fields": fields}
+    if model is not None:
+        out["decode_path"] = decode_path(model)
+    return out

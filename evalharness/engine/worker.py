@@ -3,7 +3,8 @@ process.
 
 `python -m evalharness.engine.worker --serve` is a reused worker: job folders arrive on stdin, one per line; the model
 stays loaded between jobs, stderr is pointed at each job's worker.log, and `DONE rc` follows each job.
-`--probe` prints what this interpreter's transformers can express (transformers_cb.probe) as one `PROBE {json}` line.
+`--probe [MODEL_JSON]` prints what this interpreter's transformers can express (transformers_cb.probe; with the model
+spec, whether that model can have the decode fast path) as one `PROBE {json}` line.
 Logs go to stderr.
 """
 
@@ -56,7 +57,7 @@ def _thread_budget() -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--probe":
-        print("PROBE " + json.dumps(probe()), flush=True)
+        print("PROBE " + json.dumps(probe(json.loads(argv[1]) if len(argv) > 1 else None)), flush=True)
         return 0
     logging.basicConfig(level=os.environ.get("EVALHARNESS_WORKER_LOG", "WARNING"), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
