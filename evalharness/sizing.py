@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import struct
@@ -56,26 +57,20 @@ def _from_config(cfg: dict, n_params: int) -> Geometry:
 
 
 def _from_gguf(path: Path) -> Geometry:
-    from gguf import GGUFReader
+    """From the GGUF's header alone (gguf_header: well under a second where gguf.GGUFReader takes 22-44 s on Gemma 3's
+    262k-token vocabulary on 2 CPU cores)."""
+    from .gguf_header import read_header
 
-    reader = GGUFReader(str(path))
-
-    def field(name: str):
-        f = reader.fields.get(name)
-        if f is None:
-            return None
-        value = f.parts[f.data[0]]
-        return value.tolist()[0] if hasattr(value, "tolist") and len(value) == 1 else value
-
-    arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
-    heads = int(field(f"{arch}.attention.head_count") or 1)
-    kv_heads = int(field(f"{arch}.attention.head_count_kv") or heads)
-    head_dim = field(f"{arch}.attention.key_length")
-    head_dim = int(head_dim) if head_dim else int(field(f"{arch}.embedding_length")) // heads
-    tokens = reader.fields.get("tokenizer.ggml.tokens")
-    vocab = len(tokens.data) if tokens is not None else 0
-    n_params = sum(int(t.n_elements) for t in reader.tensors)
-    return Geometry(n_params, int(field(f"{arch}.block_count")), kv_heads, head_dim, vocab)
+    h = read_header(path)
+    fields = h.fields
+    arch = fields["general.architecture"]
+    heads = int(fields.get(f"{arch}.attention.head_count") or 1)
+    kv_heads = int(fields.get(f"{arch}.attention.head_count_kv") or heads)
+    head_dim = fields.get(f"{arch}.attention.key_length")
+    head_dim = int(head_dim) if head_dim else int(fields[f"{arch}.embedding_length"]) // heads
+    vocab = len(fields.get("tokenizer.ggml.tokens") or ())
+    n_params = sum(math.prod(shape) for _, shape in h.tensors)
+    return Geometry(n_params, int(fields[f"{arch}.block_count"]), kv_heads, head_dim, vocab)
 
 
 def geometry(model: dict) -> Geometry | None:

@@ -86,6 +86,24 @@ def test_gguf_metadata_copy_reads_as_the_whole_file(tmp_path, arch, window, voca
     assert cfg["vocab_size"] == 3000 and cfg["num_hidden_layers"] == 6  # counted from the token list, or read
 
 
+def test_gguf_header_reads_what_gguf_reader_reads(tmp_path):
+    from gguf import GGUFReader
+
+    from evalharness.gguf_header import LongArray, read_header
+
+    path = write_gguf(tmp_path / "m.gguf", "gemma3", 512, n_tokens=5000)
+    h, reader = read_header(path), GGUFReader(str(path))
+    stored = {k: f for k, f in reader.fields.items() if not k.startswith("GGUF.")}  # the reader's own header entries
+    assert list(h.fields) == list(stored)
+    for key, f in stored.items():
+        if isinstance(h.fields[key], LongArray):  # counted, not decoded
+            assert len(h.fields[key]) == len(f.data) == 5000
+        else:
+            assert h.fields[key] == pytest.approx(f.contents()), key
+    assert h.tensors == [(t.name, tuple(int(d) for d in t.shape)) for t in reader.tensors] == [
+        ("token_embd.weight", (64, 5000))]
+
+
 def test_gguf_metadata_copy_refuses_what_is_not_a_gguf(tmp_path):
     (tmp_path / "x.gguf").write_bytes(b"GGML" + bytes(60))
     with pytest.raises(ValueError, match="not a GGUF"):
@@ -93,7 +111,7 @@ def test_gguf_metadata_copy_refuses_what_is_not_a_gguf(tmp_path):
     write_gguf(tmp_path / "m.gguf", "llama", None)
     cut = tmp_path / "cut.gguf"
     cut.write_bytes((tmp_path / "m.gguf").read_bytes()[:5000])  # inside the token list
-    with pytest.raises(ValueError, match="damaged|past the end"):
+    with pytest.raises(ValueError, match="damaged|past the end"):  # a file cut short
         metadata_only_gguf(cut, tmp_path / "y.gguf")
 
 
