@@ -168,6 +168,28 @@ def _no_graph_captured(paths: list[str]) -> str:
             f"graphed path, so its graphs were not tested{why}")
 
 
+def _reset_race_signature(comparison: TwinComparison | None, confirmation: Confirmation | None, sc: dict | None,
+                          run: RunResult) -> str | None:
+    """A note when what differs from the twin looks like transformers' start-of-run async reset race rather than a
+    stale graph: in every differing run exactly one sample differs, the same one, from its first generated token, no
+    launch constant was stale, and async batching was on. The race loses the first scheduled request's first prompt
+    chunk (reports/h200-repeat/ANALYSIS.md, reports/h200-sweep/SAMPLE66.md); it is not a graph's fault, although so
+    far only graph runs were hit. The verdict itself is not changed: the note says how to tell."""
+    if comparison is None or comparison.count != 1 or comparison.mismatches[0].position != 0:
+        return None
+    if (sc and sc.get("total")) or (run.meta.get("engine") or {}).get("use_async") is False:
+        return None
+    index = comparison.mismatches[0].index
+    if confirmation is not None:
+        for c in confirmation.checks:
+            if c.mismatches and (c.mismatches != 1 or [(m["index"], m["token"]) for m in c.first] != [(index, 0)]):
+                return None
+    return (f"only sample {index} differs, from its first generated token, and no launch constant was stale: the "
+            "signature of transformers' start-of-run async reset race (the first scheduled request loses its first "
+            "prompt chunk), not of a stale graph; `--async off`, or `--inject MODE=sync-reset` (the candidate fix), "
+            "tells them apart")
+
+
 def decide(plan: ModePlan, run: RunResult, twin: RunResult | None, correct: list[bool], off_run: RunResult | None,
            off_correct: list[bool] | None, thresholds: Thresholds = Thresholds(),
            confirmation: Confirmation | None = None, others: dict[str, RunResult] | None = None) -> ModeOutcome:
@@ -220,6 +242,8 @@ def decide(plan: ModePlan, run: RunResult, twin: RunResult | None, correct: list
                                 f"padded-eager twin (first: sample {first.index} at token {first.position}){how}")
     if sc and sc.get("total"):
         applies[STALE_CONSTANT] = _stale_constants(sc)
+    if race := _reset_race_signature(outcome.comparison, confirmation, sc, run):
+        outcome.notes.append(race)
     if plan.mode != REFERENCE_MODE and not any(plan.graphs_effective):
         applies[SKIPPED] = "; ".join(plan.notes) or "no graph is captured on this device"
     elif plan.mode != REFERENCE_MODE and (idle := _paths_without_graphs(plan, run)):

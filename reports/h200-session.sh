@@ -87,6 +87,9 @@ for s in "$@"; do
     # issue 12 (and issue 18's oracle timing): one full verdict timed, its slowest run alone, two at once
     speed-verdict|speed-solo|speed-concurrent) speed "$s" --out "$out/h200-speed/gemma3-270m" --step "${s#speed-}" ;;
     speed-oracle) speed "$s" --oracle constants --out "$out/h200-speed/gemma3-270m-oracle-constants" --step verdict ;;
+    # reports/h200-sweep/SAMPLE66.md: SmolLM2's sample 66 under decode graphs is the async reset race (forced, then fixed)
+    smol-race-force) eh smol-race-force "${smol[@]}" "${data[@]}" --max-new-tokens 128 --max-bt 256,384,640,768 --graphs off,decode --inject decode=reset-late; patched "$out/smol-race-force" ;;
+    smol-race-fix) eh smol-race-fix "${smol[@]}" "${data[@]}" --max-new-tokens 128 --max-bt 384,512,896,1024 --graphs off,on,decode --repeat 3 --inject off=sync-reset --inject on=sync-reset --inject decode=sync-reset; patched "$out/smol-race-fix" ;;
     # issue 16
     sweep-ab)    eh sweep-ab "${smol[@]}" "${data[@]}" --max-bt 128:1024:128 --graphs off,on,varlen,decode \
                    --inject main:varlen=pre45323 --engine main=python3 --engine old=/tmp/tf554 \

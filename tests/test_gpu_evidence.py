@@ -370,3 +370,28 @@ def test_after_the_cache_fix_the_loads_overlap_and_one_worker_builds_the_cache()
     gguf = json.loads(log[log.index("{"):])
     assert [w["info"].get("built", False) for w in gguf["workers"]].count(True) == 1
     assert gguf["hit"]["info"]["hit"] and gguf["hit"]["load_s"] < gguf["gguf"]["load_s"] / 3
+
+
+def test_the_reset_race_signature_is_noted_on_the_sample_66_cells_only():
+    """verdict.py's note on the recorded sweep: the clean cells whose only difference is sample 66 from its first
+    token (reports/h200-sweep/SAMPLE66.md: transformers' async reset race) get it; no cell with a stale constant
+    (5.5.4's cells at 128 and 256 differ in sample 66 alone too, but their graphs replay stale constants) or with
+    several differing samples does."""
+    from evalharness.confirm import Confirmation, RunCheck
+    from evalharness.verdict import _reset_race_signature
+
+    summary, runs, _ = load("h200-sweep/sweep-ab")
+    noted = set()
+    for cell in summary["cells"]:
+        key = (cell["engine"], cell["max_bt"], cell["mode"])
+        if cell["twin_mismatches"] is None:
+            continue
+        run, twin = runs[(*key, False)], runs[(*key, True)]
+        run.meta = {"engine": {"use_async": True}, "stale_constants": cell["constant_check"]}
+        rec = cell["confirmation"]
+        conf = Confirmation(rec["status"], [RunCheck(r["run"], r["role"], r["attempt"], r["compared"], r["mismatches"],
+                                                     r["first_mismatches"]) for r in rec["runs"]], []) if rec else None
+        if _reset_race_signature(compare_twin(run, twin), conf, cell["constant_check"], run):
+            noted.add(key)
+    assert noted == {("main", 384, "on"), ("main", 512, "decode"), ("main", 896, "decode"), ("main", 1024, "on"),
+                     ("main", 1024, "decode")}

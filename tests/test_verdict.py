@@ -250,3 +250,27 @@ def test_a_graph_mode_with_graphs_on_one_of_its_paths_passes_with_a_note():
     assert o.verdict == PASS and any("decode path" in n for n in o.notes)
     o = decide(plan("on"), captured("r", 30, 16), run("t"), right(20), run("off"), right(20))
     assert o.verdict == PASS and not o.notes
+
+
+def _meta(r, use_async=True, stale=0):
+    r.meta = {"engine": {"use_async": use_async}, "stale_constants": {"total": stale, "replays_checked": 5,
+                                                                      "first": [{"name": "max_seqlen_q", "captured": 1,
+                                                                                 "needed": 2, "step": 1, "path": "varlen",
+                                                                                 "key": [1, 2]}] if stale else []}}
+    return r
+
+
+@pytest.mark.parametrize("tokens, use_async, stale, noted", [
+    ({5: [99, 6, 7]}, True, 0, True),                 # one sample, from its first token: the race's signature
+    ({5: [5, 99, 7]}, True, 0, False),                # one sample, but later in its output
+    ({5: [99, 6, 7], 9: [99, 10, 11]}, True, 0, False),  # two samples
+    ({5: [99, 6, 7]}, True, 3, False),                # a stale launch constant explains it
+    ({5: [99, 6, 7]}, False, 0, False),               # async batching off: no race to blame
+])
+def test_a_single_sample_differing_from_its_first_token_is_noted_as_the_reset_race_signature(tokens, use_async,
+                                                                                            stale, noted):
+    o = decide(plan(), _meta(run("r", tokens=tokens), use_async, stale), run("t"), right(20), run("off"), right(20))
+    assert o.verdict == STALE_GRAPH  # the note never changes the verdict
+    assert any("async reset race" in n and "sync-reset" in n for n in o.notes) == noted
+    if noted:
+        assert "only sample 5 differs" in " ".join(o.notes)
