@@ -112,7 +112,7 @@ def test_patch_refuses_a_layout_without_its_target(name):
         INSTALLS[name](async_cls=no_reset)
     no_replay = type("ContinuousBatchingIOs", (), {})
     before = _class_attrs()
-    with pytest.raises(PatchError, match="ContinuousBatchingIOs has no '_reset_static_tensors'"):
+    with pytest.raises(PatchError, match="ContinuousBatchingIOs has no attribute '_reset_static_tensors'"):
         INSTALLS[name](io_cls=no_replay)
     assert _class_attrs() == before  # refused before anything was patched
 

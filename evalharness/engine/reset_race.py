@@ -27,7 +27,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .patches import PatchError, _cb_modules
+from .patches import PatchError, _cb_modules, _require
 
 ASYNC_IO = "ContinuousBatchingAsyncIOs"
 # what each patch reads or wraps: checked before anything is patched
@@ -66,27 +66,16 @@ def _classes(async_cls: Any = None, io_cls: Any = None, cache_cls: Any = None) -
     """transformers' version, ContinuousBatchingAsyncIOs, ContinuousBatchingIOs and PagedAttentionCache, each checked
     for the names the patches use (classes given are checked instead: tests)."""
     version, _, io_mod = _cb_modules()
-
-    def find(given, module_attr, what):
-        if given is not None:
-            return given
-        if not hasattr(io_mod, module_attr):
-            raise PatchError(f"transformers {version}: {what} has no {module_attr!r}; the reset-race patches do not "
-                             "know this engine layout")
-        return getattr(io_mod, module_attr)
-
-    async_cls = find(async_cls, ASYNC_IO, "generation.continuous_batching.input_outputs")
-    io_cls = find(io_cls, "ContinuousBatchingIOs", "generation.continuous_batching.input_outputs")
+    where = "generation.continuous_batching.input_outputs"
+    async_cls = async_cls if async_cls is not None else _require(io_mod, ASYNC_IO, where)
+    io_cls = io_cls if io_cls is not None else _require(io_mod, "ContinuousBatchingIOs", where)
     if cache_cls is None:
         from transformers.generation.continuous_batching import cache as cache_mod
 
-        cache_cls = getattr(cache_mod, "PagedAttentionCache", None)
+        cache_cls = _require(cache_mod, "PagedAttentionCache", "generation.continuous_batching.cache")
     for cls, names in ((async_cls, ASYNC_NAMES), (io_cls, DEVICE_IO_NAMES), (cache_cls, ("__init__",))):
         for name in names:
-            if cls is None or not hasattr(cls, name):
-                owner = getattr(cls, "__name__", "PagedAttentionCache")
-                raise PatchError(f"transformers {version}: {owner} has no {name!r}; the reset-race patches do not "
-                                 "know this engine layout")
+            _require(cls, name, cls.__name__)
     return version, async_cls, io_cls, cache_cls
 
 
