@@ -108,7 +108,7 @@ def test_patch_refuses_a_layout_without_its_target(name):
     import transformers
 
     with pytest.raises(PatchError, match=rf"transformers {transformers.__version__}: ContinuousBatchingAsyncIOs "
-                                         r"has no 'reset'"):
+                                         r"has no attribute 'reset'; this patch does not know"):
         INSTALLS[name](async_cls=no_reset)
     no_replay = type("ContinuousBatchingIOs", (), {})
     before = _class_attrs()
