@@ -254,7 +254,7 @@ def test_aborted_worker_fails_its_mode_only(tiny_llama, gsm8k_test, tmp_path):
 
 def test_hung_worker_times_out_as_fail_hang(tiny_llama, gsm8k_test, tmp_path):
     out = tmp_path / "report"
-    timeout = 20
+    timeout = 10
     proc = evalharness(tiny_llama, gsm8k_test, out, "--graphs", "off", "--inject", "off=hang", "--timeout-s",
                        str(timeout), limit=2)
     assert proc.returncode == 1, proc.stdout + proc.stderr

@@ -110,7 +110,7 @@ def baseline(tiny_llama, gsm8k_test, tmp_path_factory, cache):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fault,error_class,extra", [("hang", "hang", ("--timeout-s", "15", "--jobs", "2"))])
+@pytest.mark.parametrize("fault,error_class,extra", [("hang", "hang", ("--timeout-s", "8", "--jobs", "2"))])
 def test_faulted_cells_fail_others_complete(baseline, tiny_llama, gsm8k_test, cache, tmp_path, fault, error_class,
                                             extra):
     """A real worker killed at its timeout (two at once). The same with a crash: test_pipeline_fake.py."""
@@ -151,7 +151,8 @@ def test_faulted_cells_fail_others_complete(baseline, tiny_llama, gsm8k_test, ca
     for d in failed:  # a crash or a timeout is retried once, in a fresh worker
         assert json.loads((d / "failed.json").read_text())["meta"]["attempts"] == 2
     if fault == "hang":
-        assert wall < 2 * 15 + 90  # the two hung jobs ran side by side, each killed at the timeout, twice
+        assert wall < 2 * 8 + 90  # the two hung jobs ran side by side, each killed at the timeout, twice
+        # (only they run: every other job of the sweep, twins included, comes from the shared cache)
 
 
 @pytest.mark.slow
