@@ -156,10 +156,7 @@ def test_recorded_correctness_is_lm_evals_scoring(gsm8k_test):
 # --- reports/h200-repeat/: repeatability on Gemma 3 (sliding-window layers), confirmation re-runs kept in full -----
 REPEAT = REPORTS / "h200-repeat"
 REPEAT_FOLDERS = ("gemma-repeat", "gemma-repeat3", "gemma-pre45323")
-
-
-SWEEP = REPORTS / "h200-sweep"
-SWEEP_FOLDERS = ("sweep-ab", "smol-tf554", "audit-pre45323")
+SWEEP_FOLDERS = ("sweep-ab", "smol-tf554", "audit-pre45323")  # reports/h200-sweep/, its own section below
 
 
 def extra_runs(folder: Path = REPEAT) -> dict[str, RunResult]:
@@ -240,17 +237,25 @@ def test_pre45323_on_gemma_is_a_confirmed_stale_graph_naming_every_layer_types_c
 
 
 # --- reports/h200-speed/: the benchmark's JSON follows from the verdict it timed ------------------------------------
-def test_the_speed_benchmark_follows_from_its_verdicts_summary():
+def _bench():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("gpu_verdict", REPORTS.parent / "benchmarks" / "gpu_verdict.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    root = REPORTS / "h200-speed" / "gemma3-270m"
+    return bench
+
+
+def _speed(root: Path) -> tuple[dict, dict]:
     speed = json.loads((root / "verdict-speed.json").read_text())
     folder = root / Path(speed["command"].split("--out ")[1].split()[0]).name
-    summary = json.loads((folder / "summary.json").read_text())
-    rows = bench.runs_of(summary)
+    return speed, json.loads((folder / "summary.json").read_text())
+
+
+def test_the_speed_benchmark_follows_from_its_verdicts_summary():
+    root = REPORTS / "h200-speed" / "gemma3-270m"
+    speed, summary = _speed(root)
+    rows = _bench().runs_of(summary)
     assert speed["runs"] == rows and speed["jobs"] == len(rows) == 6
     slowest = max(rows, key=lambda r: r["wall_s"])
     assert speed["slowest_key"] == slowest["key"] and speed["ratio"] == speed["wall_s"] / speed["slowest_solo_s"]
@@ -262,6 +267,35 @@ def test_the_speed_benchmark_follows_from_its_verdicts_summary():
     logs = [(root / f"{p.name}.log").read_text() for p in sorted(root.glob("concurrent-*")) if p.is_dir()]
     assert len(logs) == len(speed["concurrent"]["walls"]) == 2
     assert sum("held by other invocations" in log for log in logs) == 1
+
+
+def test_after_the_cache_fix_the_loads_overlap_and_one_worker_builds_the_cache():
+    """reports/h200-speed/cache-fix/: the second recording. On the cold cache one worker built the dequantized entry
+    and the five others waited for it and then hit it, so the six loads ended together (not one after another, as in
+    the first recording); the oracle verdict that followed loaded from the warm cache in seconds; two verdicts at once
+    each stayed within 1.5x of the single verdict."""
+    root = REPORTS / "h200-speed" / "cache-fix"
+    bench = _bench()
+    speed, summary = _speed(root / "gemma3-270m")
+    rows = bench.runs_of(summary)
+    assert speed["runs"] == rows and speed["jobs"] == len(rows) == 6 and speed["timeouts"] == 0
+    assert speed["ratio"] == speed["wall_s"] / speed["slowest_solo_s"]
+    assert speed["model_loads"] == summary["pool"]["model_loads"] <= speed["workers"]
+    caches = [json.loads(c) for c in speed["gguf_cache"]]
+    assert sum(bool(c.get("built")) for c in caches) == 1 and sum(c["hit"] for c in caches) == 5
+    loads = sorted(r["load_s"] for r in rows)
+    assert loads[-1] - loads[0] < 10 < loads[0]  # together, after the one build
+    assert all(c["waited_s"] > 0.8 * loads[0] for c in caches if c["hit"])
+    assert max(speed["concurrent"]["ratios"].values()) <= 1.5
+    oracle, osummary = _speed(root / "gemma3-270m-oracle-constants")
+    orows = bench.runs_of(osummary)
+    assert oracle["runs"] == orows and oracle["jobs"] == len(orows) == 4  # no twins
+    assert max(r["load_s"] for r in orows) < 15 and all(json.loads(c)["hit"] for c in oracle["gguf_cache"])
+    assert oracle["verdicts"] == {m: c["verdict"] for m, c in osummary["modes"].items()} == speed["verdicts"]
+    log = (root / "gguf-load.log").read_text()  # benchmarks/gguf_cache_load.py's JSON (progress bars dropped)
+    gguf = json.loads(log[log.index("{"):])
+    assert [w["info"].get("built", False) for w in gguf["workers"]].count(True) == 1
+    assert gguf["hit"]["info"]["hit"] and gguf["hit"]["load_s"] < gguf["gguf"]["load_s"] / 3
 
 
 # --- reports/h200-sweep/: the seed's sweep with MAIN and transformers 5.5.4 side by side, and attribution ----------
@@ -326,50 +360,6 @@ def test_the_audit_attributes_pre45323_to_the_varlen_path_and_max_seqlen_q():
     q = first["differing"]["max_seqlen_q"]
     assert q["captured"] != q["replayed"]
     assert first in att["findings"]
-
-
-def _bench():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("gpu_verdict", REPORTS.parent / "benchmarks" / "gpu_verdict.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
-
-
-def _speed(root: Path) -> tuple[dict, dict]:
-    speed = json.loads((root / "verdict-speed.json").read_text())
-    folder = root / Path(speed["command"].split("--out ")[1].split()[0]).name
-    return speed, json.loads((folder / "summary.json").read_text())
-
-
-def test_after_the_cache_fix_the_loads_overlap_and_one_worker_builds_the_cache():
-    """reports/h200-speed/cache-fix/: the second recording. On the cold cache one worker built the dequantized entry
-    and the five others waited for it and then hit it, so the six loads ended together (not one after another, as in
-    the first recording); the oracle verdict that followed loaded from the warm cache in seconds; two verdicts at once
-    each stayed within 1.5x of the single verdict."""
-    root = REPORTS / "h200-speed" / "cache-fix"
-    bench = _bench()
-    speed, summary = _speed(root / "gemma3-270m")
-    rows = bench.runs_of(summary)
-    assert speed["runs"] == rows and speed["jobs"] == len(rows) == 6 and speed["timeouts"] == 0
-    assert speed["ratio"] == speed["wall_s"] / speed["slowest_solo_s"]
-    assert speed["model_loads"] == summary["pool"]["model_loads"] <= speed["workers"]
-    caches = [json.loads(c) for c in speed["gguf_cache"]]
-    assert sum(bool(c.get("built")) for c in caches) == 1 and sum(c["hit"] for c in caches) == 5
-    loads = sorted(r["load_s"] for r in rows)
-    assert loads[-1] - loads[0] < 10 < loads[0]  # together, after the one build
-    assert all(c["waited_s"] > 0.8 * loads[0] for c in caches if c["hit"])
-    assert max(speed["concurrent"]["ratios"].values()) <= 1.5
-    oracle, osummary = _speed(root / "gemma3-270m-oracle-constants")
-    orows = bench.runs_of(osummary)
-    assert oracle["runs"] == orows and oracle["jobs"] == len(orows) == 4  # no twins
-    assert max(r["load_s"] for r in orows) < 15 and all(json.loads(c)["hit"] for c in oracle["gguf_cache"])
-    assert oracle["verdicts"] == {m: c["verdict"] for m, c in osummary["modes"].items()} == speed["verdicts"]
-    log = (root / "gguf-load.log").read_text()  # benchmarks/gguf_cache_load.py's JSON (progress bars dropped)
-    gguf = json.loads(log[log.index("{"):])
-    assert [w["info"].get("built", False) for w in gguf["workers"]].count(True) == 1
-    assert gguf["hit"]["info"]["hit"] and gguf["hit"]["load_s"] < gguf["gguf"]["load_s"] / 3
 
 
 def test_the_reset_race_signature_is_noted_on_the_sample_66_cells_only():
