@@ -187,9 +187,10 @@ class CBLM(LM):
         blob = json.dumps({"prompts": prompts, "model": self.model, "engine": self.engine.key(),
                            "max_new_tokens": max_new_tokens, "special": special}, sort_keys=True)
         key = hashlib.sha256(blob.encode()).hexdigest()[:16]
+        from .models import engine_spec
+
         timeout = self.timeout_s  # an explicit total limit; the hang signal is a stall (engine/process.py)
-        job = _CBJob(key=self.engine.key(), engine=self.engine,
-                     model={k: v for k, v in self.model.items() if k != "label"}, prompts=prompts,
+        job = _CBJob(key=self.engine.key(), engine=self.engine, model=engine_spec(self.model), prompts=prompts,
                      max_new_tokens=max_new_tokens, job_dir=self.workdir / key, timeout_s=timeout,
                      stall_s=default_limits(self.cuda).stall_s,
                      label=f"cb {self.engine.describe()}", add_special_tokens=special)

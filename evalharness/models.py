@@ -137,6 +137,11 @@ def check_hub_model(model: str, gguf_file: str | None) -> None:
                          f"({', '.join(EMBEDDED)})")
 
 
+def engine_spec(model: dict) -> dict:
+    """What an engine is given of a resolved model spec (a job's model, a probe's): all of it but the display label."""
+    return {k: v for k, v in model.items() if k != "label"}
+
+
 def resolve(model: str | None, gguf_file: str | None, dtype: str, trust_remote_code: bool = False) -> dict:
     """Return the worker's model spec: {path, gguf_file, dtype, trust_remote_code, label}."""
     model = model or DEFAULT_MODEL

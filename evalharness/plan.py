@@ -147,7 +147,7 @@ def prepare_jobs(s: Settings, cuda: bool | None = None, model: dict | None = Non
         raise UsageError("--attn torch-flash needs a CUDA GPU (PyTorch's FlashAttention varlen kernel); use --attn "
                          "sdpa on CPU")
     interpreters = interpreters or {name: engine_interpreter(path) for name, path in mx.engines.items()}
-    probes = probes or probe_engines(mx.engines, interpreters, {k: v for k, v in model.items() if k != "label"})
+    probes = probes or probe_engines(mx.engines, interpreters, models.engine_spec(model))
     plan = plan_runs(mx.modes, mx.max_bts, caps, injections, engines=list(mx.engines),
                      axes=axes_matrix(attns, mx.asyncs, mx.compiles, mx.fast_paths), audit=mx.audit,
                      repeat=s.verdict.repeat, oracle=s.verdict.oracle)
@@ -175,7 +175,7 @@ def make_job(p: Prepared, key: str, cfg, stall: float | None = None) -> Job:
     probe = {k: v for k, v in p.probes.get(cfg.engine, {}).items() if k != "decode_path"}
     job_key = job_hash(p.fingerprint, python, pythonpath, key, probe, p.model)
     label = f"[{', '.join(p.plan.served_by(key))}] {cfg.describe()}"
-    return Job(key=key, engine=cfg, model={k: v for k, v in p.model.items() if k != "label"},
+    return Job(key=key, engine=cfg, model=models.engine_spec(p.model),
                prompts=p.task.prompts, max_new_tokens=s.workload.max_new_tokens,
                job_dir=(s.execution.cache or p.out / "runs") / job_key, chat=s.workload.prompt == "chat",
                timeout_s=p.timeout_s,

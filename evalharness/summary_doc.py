@@ -71,7 +71,6 @@ class Cell(Record):
     peak_mem_gb: float | None = None
 
 
-
 def worst_per_mode(cells) -> dict[str, Cell]:
     """Mode -> its cell (one max_bt), or the most severe of its cells (a sweep)."""
     modes: dict[str, Cell] = {}
