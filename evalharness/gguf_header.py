@@ -71,6 +71,9 @@ class _Cursor:
             return [self.value(itype) for _ in range(count)]
         if itype in FIXED:
             self.offset += struct.calcsize(FIXED[itype]) * count
+        elif itype == STRING:  # walked over by their lengths, not decoded: nothing reads them
+            for _ in range(count):
+                self.offset += 8 + struct.unpack_from("<Q", self.buf, self.offset)[0]
         else:
             for _ in range(count):
                 self.value(itype)
