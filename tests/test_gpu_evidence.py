@@ -24,8 +24,8 @@ EVIDENCE = REPORTS / "h200-positive-controls"
 # every recording: folder -> the workload it was run with (questions, the max_bt values of its cells)
 WORKLOADS = {"h200-positive-controls": (600, {384}), "h200-decode": (128, {384}), "h200-repeat": (128, {256, 384, 512}),
              "h200-sweep": (128, set(range(128, 1025, 128)))}
-FOLDERS = sorted(f"{p.parent.parent.name}/{p.parent.name}" for root in WORKLOADS
-                 for p in (REPORTS / root).glob("*/samples.jsonl.xz"))
+FOLDERS = sorted(p.parent.relative_to(REPORTS).as_posix() for root in WORKLOADS
+                 for p in (REPORTS / root).glob("**/samples.jsonl.xz"))
 
 
 def load(folder: str) -> tuple[dict, dict[tuple, RunResult], dict[tuple, list[dict]]]:
@@ -51,7 +51,8 @@ def as_run(key: str, rows: list[dict]) -> RunResult:
 def test_every_recorded_scenario_is_checked():
     assert {f"h200-positive-controls/{s}" for s in ("clean", "pre45323", "transformers-5.5.4", "coarse-key")} | \
         {f"h200-decode/{s}" for s in ("clean", "pre45323", "decode-coarse")} | \
-        {f"h200-repeat/{s}" for s in REPEAT_FOLDERS} | {f"h200-sweep/{s}" for s in SWEEP_FOLDERS} <= set(FOLDERS)
+        {f"h200-repeat/{s}" for s in REPEAT_FOLDERS} | {f"h200-sweep/{s}" for s in SWEEP_FOLDERS} | \
+        {"h200-sweep/audit-clean", "h200-sweep/audit-overhead/plain", "h200-sweep/audit-overhead/audit"} <= set(FOLDERS)
 
 
 @pytest.mark.parametrize("folder", FOLDERS)
@@ -360,6 +361,42 @@ def test_the_audit_attributes_pre45323_to_the_varlen_path_and_max_seqlen_q():
     q = first["differing"]["max_seqlen_q"]
     assert q["captured"] != q["replayed"]
     assert first in att["findings"]
+
+
+def test_a_clean_audited_run_has_no_finding():
+    """`--audit` on clean transformers 5.17 (audit-clean/): every varlen replay audited, none differs from its eager
+    re-run, no stale constant, the twin identical; the audit changes no token (the plain run of audit-overhead/ and
+    this one generated the same tokens in every run, twin and reference)."""
+    summary, runs, _ = load("h200-sweep/audit-clean")
+    cell = {c["mode"]: c for c in summary["cells"]}["varlen"]
+    assert cell["verdict"] == "PASS" and cell["twin_mismatches"] == 0 and cell["stale_constants_total"] == 0
+    att = cell["attribution"]
+    assert att["findings"] == [] and att["first"] is None and att["mismatching_replays"] == 0
+    assert att["replays_audited"] > 0 and att["replays_not_audited"] == 0
+    assert att["captures"] == cell["resolved_engine"]["graphs_captured"]["varlen"]
+    plain = load("h200-sweep/audit-overhead/plain")[1]
+    assert plain.keys() == runs.keys()
+    for key, run in runs.items():
+        assert [s.token_ids for s in run.samples] == [s.token_ids for s in plain[key].samples]
+
+
+def test_the_audit_overhead_follows_from_its_two_runs():
+    """benchmarks/audit_overhead.py on the H200 (audit-overhead/, README's figure): its printed slowdown is the
+    audited varlen run's time inside generate_batch over the plain one's, as the two summaries record them; the
+    audited run audited every replay and found nothing, and neither run changed a token against the other."""
+    cells = {}
+    for label in ("plain", "audit"):
+        summary, runs, _ = load(f"h200-sweep/audit-overhead/{label}")
+        cells[label] = {c["mode"]: c for c in summary["cells"]}["varlen"]
+        cells[label]["tokens"] = {k: [s.token_ids for s in r.samples] for k, r in runs.items()}
+    plain, audit = cells["plain"], cells["audit"]
+    assert plain["attribution"] is None and audit["attribution"]["mismatching_replays"] == 0
+    assert audit["attribution"]["replays_audited"] > 0 and plain["tokens"] == audit["tokens"]
+    assert plain["verdict"] == audit["verdict"] == "PASS"
+    log = (REPORTS / "h200-sweep" / "logs" / "audit-overhead.log").read_text()
+    ratio = audit["wall_s"] / plain["wall_s"]
+    assert f"slows generate_batch by {ratio:.2f}x ({audit['wall_s'] - plain['wall_s']:+.1f} s)" in log
+    assert ratio > 1
 
 
 def test_the_reset_race_signature_is_noted_on_the_sample_66_cells_only():
