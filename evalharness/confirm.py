@@ -6,10 +6,17 @@ repeats, confirmation re-runs) and its twin (and the twin's re-runs), this modul
 needed (`reruns_needed`, applied until none is) and what the runs show (`confirm`):
 
 - every graph run differs from the twin, all with the same mismatches (at least two runs): `confirmed`;
-- some graph run equals the twin, or the graph runs differ among themselves: `not_reproduced`; when no graph run
-  equals the twin, the twin is re-run too, and a twin re-run that differs from the twin gives `twin_not_reproducible`
-  (the oracle is not sound for this configuration);
-- one run only (`--no-confirm`, or a re-run that is not there, as in `merge` of a plan without it): `unconfirmed`.
+- some graph run equals the twin, or the graph runs differ among themselves: `not_reproduced`;
+- one run only (`--no-confirm`, or a re-run that is not there, as in `merge` of a plan without it): `unconfirmed`;
+- a twin re-run that differs from the twin: `twin_not_reproducible` (the oracle is not sound for this
+  configuration), whatever the graph runs show.
+
+The twin is the oracle, and it is one run too: whenever no graph run equals it, it is re-run (in the same round as
+the graph run's re-run), so a difference is called a stale graph only when the twin reproduced itself. On the H200
+a twin once generated token 0 throughout (200/200 samples) while two verdicts shared the GPU, and both graph runs,
+agreeing with each other and with the twin's re-run, were called a confirmed STALE_GRAPH
+(`reports/h200-speed/decode-skip/`). Modes that share a twin (`on` and `varlen`) share its re-run: same
+configuration, same key, one job.
 
 Pure: no torch, no engine; the pipeline runs the jobs.
 """
@@ -85,7 +92,8 @@ class Confirmation:
         for c in self.twin_checks:
             parts.append(f"twin re-run {c.run}: " + ("identical to the twin" if not c.mismatches else
                                                       f"{c.mismatches}/{c.compared} differ from the twin"))
-        verdict = {CONFIRMED: "confirmed: every run reproduces the same mismatches",
+        verdict = {CONFIRMED: "confirmed: every run reproduces the same mismatches"
+                              + (" and the twin reproduces itself" if self.twin_checks else ""),
                    NOT_REPRODUCED: "not reproduced: the engine gave different outputs for identical input",
                    TWIN_NOT_REPRODUCIBLE: "the padded-eager twin is not reproducible: the oracle is not sound here"}
         return f"{verdict[self.status]}; " + "; ".join(parts)
@@ -127,19 +135,22 @@ def confirm(mp: ModePlan, plan: Plan, results: dict[str, RunResult]) -> Confirma
 def reruns_needed(plan: Plan, results: dict[str, RunResult]) -> dict[str, EngineConfig]:
     """The next runs that confirmation needs, added to `plan` (its runs and each mode's reruns / twin_reruns):
     a re-run of a graph run that is the only run of its configuration and differs from its twin; a re-run of the
-    twin when the graph runs all differ from it, but not alike. Call again with the new results until it is empty."""
+    twin whenever no graph run equals it (beside that re-run, so both run in one round). Call again with the new
+    results until it is empty."""
     needed: dict[str, EngineConfig] = {}
     for mp in plan.modes:
         c = confirm(mp, plan, results)
         if c is None:
             continue
+        added = False
         if c.status == UNCONFIRMED and not mp.reruns:
             cfg = dataclasses.replace(plan.runs[mp.run], attempt=1 + len(mp.repeats))
             mp.reruns.append(plan.add(cfg))
-        elif c.status == NOT_REPRODUCED and not c.matched and not mp.twin_reruns:
-            cfg = dataclasses.replace(plan.runs[mp.twin], attempt=1)
-            mp.twin_reruns.append(plan.add(cfg))
-        else:
+            added = True
+        if not c.matched and not mp.twin_reruns:
+            mp.twin_reruns.append(plan.add(dataclasses.replace(plan.runs[mp.twin], attempt=1)))
+            added = True
+        if not added:
             continue
         for key in (mp.reruns + mp.twin_reruns):
             if key not in results:

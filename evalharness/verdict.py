@@ -236,6 +236,7 @@ def decide(plan: ModePlan, run: RunResult, twin: RunResult | None, correct: list
     elif outcome.twin_mismatches:
         first = outcome.comparison.mismatches[0]
         how = (f"; confirmed: all {len(confirmation.checks)} runs reproduce the same mismatches"
+               + (" and the twin's re-run reproduces the twin" if confirmation.twin_checks else "")
                if confirmation is not None and confirmation.status == confirm_mod.CONFIRMED else "; not confirmed "
                "by a re-run")
         applies[STALE_GRAPH] = (f"{outcome.twin_mismatches}/{outcome.twin_compared} samples differ from the "

@@ -48,16 +48,56 @@ def test_a_clean_run_needs_no_rerun():
     assert o.verdict == PASS and o.confirmation is None and len(plan.runs) == 2
 
 
-def test_a_reproduced_mismatch_is_a_confirmed_stale_graph():
+def graph_only(tokens):
+    """Outputs for run_round: `tokens` from graph runs, the twin's own tokens from its re-runs (a sound twin)."""
+    return lambda cfg: {} if cfg.force_padding else tokens
+
+
+def test_a_reproduced_mismatch_is_a_confirmed_stale_graph_once_the_twin_reproduces_itself():
     plan, mp = plan_on()
     results = {mp.run: result(mp.run, STALE), mp.twin: result(mp.twin)}
-    ran = run_round(plan, results, lambda cfg: STALE)
-    assert len(ran) == 1 and plan.runs[ran[0]].attempt == 1 and ran[0] != mp.run
-    assert dataclasses.replace(plan.runs[ran[0]], attempt=0) == plan.runs[mp.run]  # same configuration
-    assert run_round(plan, results, lambda cfg: STALE) == []  # nothing more to run
+    ran = run_round(plan, results, graph_only(STALE))
+    # one round: the graph run and the twin again, side by side
+    assert ran == [*mp.reruns, *mp.twin_reruns] and len(ran) == 2 and mp.run not in ran and mp.twin not in ran
+    rerun, twin_rerun = (plan.runs[k] for k in ran)
+    assert dataclasses.replace(rerun, attempt=0) == plan.runs[mp.run]  # same configuration
+    assert dataclasses.replace(twin_rerun, attempt=0) == plan.runs[mp.twin] and twin_rerun.attempt == 1
+    assert run_round(plan, results, graph_only(STALE)) == []  # nothing more to run
     o = outcome(plan, mp, results)
     assert o.verdict == STALE_GRAPH and "confirmed: all 2 runs reproduce" in o.reason
+    assert "the twin's re-run reproduces the twin" in o.reason
     assert o.confirmation.status == confirm.CONFIRMED and o.confirmation.to_json()["runs_compared"] == 2
+
+
+def test_graph_runs_that_agree_against_a_twin_that_does_not_reproduce_are_never_stale():
+    """What the H200 showed (reports/h200-speed/decode-skip/): the twin generated garbage once; the graph run and
+    its re-run agreed with each other (and with the twin's re-run), so without the twin's re-run the difference
+    would have been confirmed as a stale graph."""
+    plan, mp = plan_on()
+    garbage = {i: [0, 0, 0] for i in range(6)}
+    results = {mp.run: result(mp.run), mp.twin: result(mp.twin, garbage)}
+    run_round(plan, results, lambda cfg: {})  # every re-run, the twin's too, gives the sound output
+    assert run_round(plan, results, lambda cfg: {}) == []
+    o = outcome(plan, mp, results)
+    assert o.confirmation.status == confirm.TWIN_NOT_REPRODUCIBLE and o.verdict == NONDETERMINISTIC
+    assert "twin is not reproducible" in o.reason and o.verdict != STALE_GRAPH
+
+
+def test_repeats_that_agree_still_bring_the_twin_again():
+    plan, mp = plan_on(repeat=2)
+    results = {mp.run: result(mp.run, STALE), mp.twin: result(mp.twin), mp.repeats[0]: result(mp.repeats[0], STALE)}
+    ran = run_round(plan, results, graph_only(STALE))
+    assert ran == mp.twin_reruns and mp.reruns == []  # two runs already: only the twin is re-run
+    assert outcome(plan, mp, results).verdict == STALE_GRAPH
+
+
+def test_modes_sharing_a_twin_share_its_rerun():
+    plan = plan_runs(["on", "varlen"], [384], CUDA)
+    on, varlen = plan.modes
+    assert on.twin == varlen.twin
+    results = {on.run: result(on.run, STALE), varlen.run: result(varlen.run, STALE), on.twin: result(on.twin)}
+    needed = confirm.reruns_needed(plan, results)
+    assert on.twin_reruns == varlen.twin_reruns and len([k for k in needed if plan.runs[k].force_padding]) == 1
 
 
 def test_a_rerun_equal_to_the_twin_is_nondeterministic_with_both_first_tokens():
@@ -77,9 +117,10 @@ def test_runs_that_differ_unalike_bring_a_twin_rerun_and_an_unsound_twin_is_neve
     for twin_again, reason in (({}, "not alike"), ({0: [7]}, "twin is not reproducible")):
         plan, mp = plan_on()
         results = {mp.run: result(mp.run, STALE), mp.twin: result(mp.twin)}
-        run_round(plan, results, lambda cfg: {4: [4, 5, 0]})  # the re-run differs elsewhere
-        ran = run_round(plan, results, lambda cfg: twin_again)
-        assert ran == mp.twin_reruns and plan.runs[ran[0]].force_padding and plan.runs[ran[0]].attempt == 1
+        ran = run_round(plan, results, lambda cfg: twin_again if cfg.force_padding else {4: [4, 5, 0]})
+        assert mp.twin_reruns and set(mp.twin_reruns) < set(ran)  # the re-run differs elsewhere; the twin again
+        assert plan.runs[mp.twin_reruns[0]].force_padding and plan.runs[mp.twin_reruns[0]].attempt == 1
+        assert run_round(plan, results, lambda cfg: {}) == []
         o = outcome(plan, mp, results)
         assert o.verdict == NONDETERMINISTIC and reason in o.reason
 
@@ -100,8 +141,9 @@ def test_repeats_are_distinct_jobs_and_count_without_a_rerun():
 def test_a_failed_rerun_fails_the_cell():
     plan, mp = plan_on()
     results = {mp.run: result(mp.run, STALE), mp.twin: result(mp.twin)}
-    key = next(iter(confirm.reruns_needed(plan, results)))
+    key, twin_key = confirm.reruns_needed(plan, results)
     results[key] = RunResult(key=key, status="crash", samples=[], error="killed", error_class="sigkill")
+    results[twin_key] = result(twin_key)
     o = outcome(plan, mp, results)
     assert o.verdict == "FAIL" and o.reason.startswith(f"re-run {key}: sigkill")
 

@@ -207,8 +207,11 @@ def test_perturbed_engine_is_flagged_stale_graph(tiny_llama, gsm8k_test, tmp_pat
     rerun = conf["runs"][1]["run"]
     assert summary["runs"][rerun]["engine"]["attempt"] == 1 and rerun != on["run"]
     assert conf["runs"][0]["first_mismatches"] == conf["runs"][1]["first_mismatches"]
+    # and the twin, re-run beside it (attempt 1, its own job), reproduces itself: the oracle held
+    (twin_rerun,) = conf["twin_reruns"]
+    assert twin_rerun["mismatches"] == 0 and summary["runs"][twin_rerun["run"]]["engine"]["attempt"] == 1
     md = (out / "report.md").read_text()
-    assert "confirmation: confirmed: every run reproduces the same mismatches" in md
+    assert "confirmation: confirmed: every run reproduces the same mismatches and the twin reproduces itself" in md
     assert "| 128 | on [perturb] | **STALE_GRAPH** |" in md
     assert "## on at max_bt 128: first mismatching samples" in md and "<pre>" in md
 

@@ -270,6 +270,69 @@ def test_the_speed_benchmark_follows_from_its_verdicts_summary():
     assert sum("held by other invocations" in log for log in logs) == 1
 
 
+def test_with_decode_planned_out_the_verdict_is_four_jobs_on_a_prepared_cache():
+    """reports/h200-speed/decode-skip/: Gemma 3 has no decode fast path, so the plan left out `decode` and its twin
+    (SKIPPED with the reason, never run): 4 jobs on 4 workers; the cache was built before timing, so every worker
+    hit it; `off`, the slowest run, is also the one timed alone; both verdicts leave out the same jobs."""
+    root = REPORTS / "h200-speed" / "decode-skip"
+    bench = _bench()
+    speed, summary = _speed(root / "gemma3-270m")
+    rows = bench.runs_of(summary)
+    assert speed["runs"] == rows and speed["jobs"] == len(rows) == speed["workers"] == 4 and speed["timeouts"] == 0
+    assert speed["model_loads"] == summary["pool"]["model_loads"] == 4
+    assert speed["cold_cache"] is True and speed["prepare"]["info"]["built"] and speed["cache_build_s"] > 0
+    assert all(json.loads(c)["hit"] for c in speed["gguf_cache"]) and max(r["load_s"] for r in rows) < 15
+    decode = summary["modes"]["decode"]
+    assert decode["verdict"] == "SKIPPED" and "no decode fast path" in decode["reason"]
+    assert decode["run"] not in {r["key"] for r in rows} and decode["twin"] not in {r["key"] for r in rows}
+    slowest = max(rows, key=lambda r: r["wall_s"])
+    assert speed["slowest_key"] == slowest["key"] and "[off]" in slowest["run"]
+    assert speed["ratio"] == speed["wall_s"] / speed["slowest_solo_s"] > 1.3  # this recording misses the target
+    assert speed["verdicts"] == {m: c["verdict"] for m, c in summary["modes"].items()}
+    oracle, osummary = _speed(root / "gemma3-270m-oracle-constants")
+    assert oracle["runs"] == bench.runs_of(osummary) and oracle["jobs"] == 3 and oracle["cold_cache"] is False
+    assert oracle["verdicts"] == speed["verdicts"]
+
+
+def test_a_twin_that_did_not_reproduce_is_no_longer_a_confirmed_stale_graph():
+    """reports/h200-speed/decode-skip/: the second of two verdicts sharing the GPU recorded `on` as a confirmed
+    STALE_GRAPH (200/200) on clean 5.17 (confirm.py then re-ran the twin only when the graph runs disagreed): its twin
+    had generated token 0 throughout, while both `on` runs agreed with each other and with the twin's re-run (which
+    `varlen`, sharing that twin, had asked for). Now every mismatch brings the twin's re-run, the very job recorded
+    (same key), and the cell is NONDETERMINISTIC: the oracle did not reproduce itself."""
+    from evalharness import confirm
+    from evalharness.config import EngineConfig, ModePlan, Plan
+    from evalharness.verdict import NONDETERMINISTIC, decide
+
+    folder = next((REPORTS / "h200-speed" / "decode-skip" / "gemma3-270m").glob("concurrent-b-*/"))
+    summary, runs, _ = load(folder.relative_to(REPORTS).as_posix())
+    extra = extra_runs(folder)
+    on = {c["mode"]: c for c in summary["cells"]}["on"]
+    recorded = on["confirmation"]
+    assert on["verdict"] == "STALE_GRAPH" and recorded["status"] == "confirmed" and recorded["twin_reruns"] == []
+    key = (on.get("engine"), on["max_bt"], "on")
+    run, twin = runs[(*key, False)], runs[(*key, True)]
+    assert all(set(s.token_ids) == {0} for s in twin.samples)  # token 0 throughout: the twin's output was garbage
+    configs = {k: EngineConfig(**{**r["engine"], "cuda_graph": tuple(r["engine"]["cuda_graph"])})
+               for k, r in summary["runs"].items()}
+    assert all(cfg.key() == k for k, cfg in configs.items())
+    (rerun,) = [r["run"] for r in recorded["runs"] if r["role"] == "re-run"]
+    mp = ModePlan(mode="on", max_bt=on["max_bt"], run=on["run"], twin=on["twin"], fault=None,
+                  graphs_effective=(True, True), reruns=[rerun])
+    plan = Plan(runs=dict(configs), modes=[mp])
+    results = {on["run"]: run, on["twin"]: twin, **extra}
+    assert confirm.reruns_needed(plan, results) == {}  # the one it asks for was run (for varlen): nothing to add
+    (twin_rerun,) = mp.twin_reruns
+    assert twin_rerun in extra and configs[twin_rerun].force_padding and configs[twin_rerun].attempt == 1
+    assert all([s.token_ids for s in extra[twin_rerun].samples] == [s.token_ids for s in r.samples]
+               for r in (run, extra[rerun]))  # the twin's re-run equals both graph runs
+    c = confirm.confirm(mp, plan, results)
+    assert c.status == confirm.TWIN_NOT_REPRODUCIBLE and c.twin_checks[0].mismatches == len(twin.samples)
+    outcome = decide(mp, run, twin, [False] * len(run.samples), None, None, confirmation=c,
+                     others={k: results[k] for k in (rerun, twin_rerun)})
+    assert outcome.verdict == NONDETERMINISTIC and "twin is not reproducible" in outcome.reason
+
+
 def test_after_the_cache_fix_the_loads_overlap_and_one_worker_builds_the_cache():
     """reports/h200-speed/cache-fix/: the second recording. On the cold cache one worker built the dequantized entry
     and the five others waited for it and then hit it, so the six loads ended together (not one after another, as in
