@@ -1,0 +1,260 @@
+"""The committed H200 reset-race evidence (reports/h200-race/) is what the recorded tokens say.
+
+transformers 5.17's start-of-run async reset race (reports/h200-sweep/SAMPLE66.md, reports/h200-repeat/ANALYSIS.md),
+forced (`reset-late`), fixed (`sync-reset`) and, on Gemma 3, with async batching on and off. Every cell is re-derived
+with the harness's own pure code from the recorded tokens (samples.jsonl.xz: first runs, twins and references;
+extra-runs.jsonl.xz: the --repeat runs and confirmation re-runs, whose keys are recomputed here from the engine
+configuration): the twin comparison, which re-runs confirmation needed, the confirmation, the repeat count, and the
+verdict with its reason and notes. Then the README's conclusions, each from the tokens."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import functools
+import json
+import lzma
+import re
+from collections import defaultdict
+from types import SimpleNamespace
+
+import pytest
+
+from evalharness.config import MODES, EngineConfig, ModePlan, Plan
+from evalharness.confirm import confirm, reruns_needed
+from evalharness.stats import mcnemar_exact
+from evalharness.summary import _repeats
+from evalharness.twin import compare_twin, paired_on_finished
+from evalharness.verdict import Thresholds, decide
+from test_gpu_evidence import REPORTS, as_run, extra_runs
+
+RACE = REPORTS / "h200-race"
+# each scenario's budgets (reports/h200-session.sh), all with LIMIT=128 questions
+BUDGETS = {"smol-race-force": {256, 384, 640, 768}, "smol-race-fix": {384, 512, 896, 1024},
+           "gemma-race-force": {256, 384, 512}, "gemma-async": {384, 512}}
+SMOL_FIRST = 66  # SmolLM2's first scheduled request (prefix sharing sorts the prompts); Gemma 3's is sample 0
+
+
+@functools.lru_cache(maxsize=None)
+def load(scenario: str):
+    """summary, first runs and twins by (engine, axes, max_bt, mode, twin) (gemma-async's cells differ in their axes
+    only), their sample rows, and the scenario's other runs by key."""
+    path = RACE / scenario
+    summary = json.loads((path / "summary.json").read_text())
+    rows = defaultdict(list)
+    with lzma.open(path / "samples.jsonl.xz", "rt", encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            rows[(r["engine"], r["axes"], r["max_bt"], r["mode"], r["twin"])].append(r)
+    for v in rows.values():
+        v.sort(key=lambda r: r["index"])
+    runs = {k: as_run(v[0]["run"], v) for k, v in rows.items()}
+    return summary, runs, rows, extra_runs(path)
+
+
+def _config(summary: dict, key: str, **change) -> EngineConfig:
+    e = summary["runs"][key]["engine"]
+    return EngineConfig(**{**e, "cuda_graph": tuple(e["cuda_graph"]), **change})
+
+
+def derive(scenario: str, cell: dict) -> SimpleNamespace:
+    """The cell as the harness decides it from the recorded runs: mode plan (repeats and the re-runs confirmation
+    asks for), confirmation, repeat count and outcome (verdict, reason, notes)."""
+    summary, runs, rows, extra = load(scenario)
+    key = (cell["engine"], cell["axes"], cell["max_bt"], cell["mode"])
+    run, samples = runs[(*key, False)], rows[(*key, False)]
+    assert {s["run"] for s in samples} == {cell["run"]} and _config(summary, cell["run"]).key() == cell["run"]
+    correct = [bool(s["correct"]) for s in samples]
+    off = (*key[:3], "off", False)
+    off_correct = [bool(s["correct"]) for s in rows[off]]
+    twin = runs[(*key, True)] if cell["twin"] else None
+    results = {**extra, cell["run"]: run}
+    plan = Plan(runs={cell["run"]: _config(summary, cell["run"])}, modes=[])
+    repeat = json.loads((RACE / scenario / "settings.json").read_text())["settings"]["verdict"]["repeat"]
+    mp = ModePlan(mode=cell["mode"], max_bt=cell["max_bt"], run=cell["run"], twin=cell["twin"], fault=cell["inject"],
+                  graphs_effective=MODES[cell["mode"]], engine=cell["engine"])
+    if twin is not None:
+        results[cell["twin"]] = twin
+        assert plan.add(_config(summary, cell["twin"])) == cell["twin"]
+        mp.repeats = [plan.add(_config(summary, cell["run"], attempt=i)) for i in range(1, repeat)]
+        plan.modes.append(mp)
+        while needed := reruns_needed(plan, results):  # the pipeline's loop: each needed re-run was recorded
+            assert set(needed) <= set(extra), f"{cell['id']}: a re-run confirmation needs is not recorded"
+    conf = confirm(mp, plan, results) if twin is not None else None
+    meta = {"engine": {"use_async": summary["runs"][cell["run"]]["engine"]["use_async"]},
+            "stale_constants": cell["constant_check"], "resolved": cell["resolved_engine"]}
+    others = {k: results[k] for k in mp.repeats + mp.reruns + mp.twin_reruns}
+    outcome = decide(mp, dataclasses.replace(run, meta=meta), twin, correct, runs[off], off_correct,
+                     Thresholds(**summary["thresholds"]), conf, others)
+    repeats = _repeats(SimpleNamespace(cell_id=mp.cell_id, confirmation=conf), plan) if twin is not None else None
+    return SimpleNamespace(mp=mp, run=run, twin=twin, results=results, confirmation=conf, repeats=repeats,
+                           outcome=outcome, off=runs[off], correct=correct, off_correct=off_correct)
+
+
+def _cells(scenario: str) -> dict[tuple, dict]:
+    return {(c["axes"], c["max_bt"], c["mode"]): c for c in load(scenario)[0]["cells"]}
+
+
+@pytest.mark.parametrize("scenario", sorted(BUDGETS))
+def test_cells_follow_from_the_recorded_tokens(scenario):
+    summary, _, rows, extra = load(scenario)
+    assert summary["n"] == 128 and set(summary["max_bts"]) == BUDGETS[scenario]
+    assert {c["max_bt"] for c in summary["cells"]} == BUDGETS[scenario]
+    used = set()
+    for cell in summary["cells"]:
+        d = derive(scenario, cell)
+        assert d.run.failed == cell["failed_requests"] == 0
+        assert sum(d.correct) / len(d.correct) == pytest.approx(cell["accuracy"])
+        if d.twin is not None:
+            cmp = compare_twin(d.run, d.twin)
+            assert (cmp.count, cmp.compared) == (cell["twin_mismatches"], cell["twin_compared"])
+            assert [[m.index, m.position] for m in cmp.mismatches[:5]] == \
+                   [[m["index"], m["token"]] for m in cell["first_mismatches"]]
+            pc = paired_on_finished(d.off, d.run, d.off_correct, d.correct)
+            assert mcnemar_exact(pc.only_a, pc.only_b) == pytest.approx(cell["p_value"])
+        assert (d.confirmation.to_json() if d.confirmation else None) == cell["confirmation"]
+        assert d.repeats == cell["repeats"]
+        assert (d.outcome.verdict, d.outcome.reason, d.outcome.notes) == \
+               (cell["verdict"], cell["reason"], cell["notes"])
+        used |= set(d.mp.repeats + d.mp.reruns + d.mp.twin_reruns)
+    assert used == set(extra)  # extra-runs.jsonl.xz holds exactly the runs the cells need
+
+
+def _sample(run, index: int) -> list[int]:
+    return run.samples[index].token_ids
+
+
+def _graph_runs(d) -> list:
+    return [d.results[k] for k in d.mp.graph_runs]
+
+
+def test_the_forced_race_loses_sample_66_from_its_first_token_and_matches_the_recorded_hits():
+    """smol-race-force (`reset-late` on decode): every graph run, and its confirmation re-run, differs from the twin in
+    sample 66 alone, from its first token, with the same tokens both times. At 384 those are the clean sweep's
+    sample-66 tokens in `on` 384 (all 128), at 256 transformers 5.5.4's in `on` 256: the forced race reproduces
+    the hits the sweep recorded. SAMPLE66.md's predicted first tokens held at 256, 384 and 768, not at 640."""
+    predicted = {256: [33, 32, 198], 384: [33, 32, 45], 640: [7812, 37, 7812], 768: [216, 33, 28]}
+    forced = {}
+    for (_, bt, mode), cell in _cells("smol-race-force").items():
+        d = derive("smol-race-force", cell)
+        if mode == "off":
+            continue
+        assert cell["verdict"] == "STALE_GRAPH" and d.confirmation.status == "confirmed" and len(d.mp.graph_runs) == 2
+        assert d.outcome.notes and "reset race" in d.outcome.notes[0]
+        tokens = set()
+        for r in _graph_runs(d):
+            cmp = compare_twin(r, d.twin)
+            assert [(m.index, m.position) for m in cmp.mismatches] == [(SMOL_FIRST, 0)]
+            tokens.add(tuple(_sample(r, SMOL_FIRST)))
+        assert len(tokens) == 1
+        forced[bt] = list(tokens.pop())
+    assert {bt: t[:3] for bt, t in forced.items()} == \
+           {256: [33, 32, 198], 384: [33, 32, 45], 640: [33, 32, 30], 768: [216, 33, 28]}
+    assert [bt for bt in sorted(forced) if forced[bt][:3] == predicted[bt]] == [256, 384, 768]
+    # the clean sweep's sample 66 in each graph run (reports/h200-sweep/sweep-ab, 128 new tokens like these runs)
+    sweep = {}
+    with lzma.open(REPORTS / "h200-sweep" / "sweep-ab" / "samples.jsonl.xz", "rt", encoding="utf-8") as f:
+        for line in f:
+            if f'"index": {SMOL_FIRST},' in line:
+                r = json.loads(line)
+                if r["index"] == SMOL_FIRST and not r["twin"]:
+                    sweep[(r["engine"], r["max_bt"], r["mode"])] = r["token_ids"]
+    same = {k for k, t in sweep.items() for bt, f in forced.items() if t == f}
+    assert same == {("main", 384, "on"), ("old", 256, "on")}
+    assert forced[384] == sweep[("main", 384, "on")] and forced[256] == sweep[("old", 256, "on")]
+    assert forced[640] != sweep[("old", 640, "on")][:len(forced[640])]  # 5.5.4's hit at 640: other tokens
+
+
+def test_sync_reset_leaves_every_run_equal_to_its_twin_where_the_sweep_was_hit():
+    """smol-race-fix (`sync-reset` in every mode, twins included, --repeat 3): every graph run of every cell equals
+    its twin, at the budgets of every clean sweep cell that sample 66 flagged."""
+    cells = _cells("smol-race-fix")
+    sweep = json.loads((REPORTS / "h200-sweep" / "sweep-ab" / "summary.json").read_text())
+    hit = {(c["max_bt"], c["mode"]) for c in sweep["cells"]
+           if c["engine"] == "main" and c["mode"] in ("on", "decode") and c["verdict"] != "PASS"}
+    assert len(hit) == 5 and hit <= {(bt, mode) for (_, bt, mode) in cells}
+    graph = 0
+    for (_, bt, mode), cell in cells.items():
+        d = derive("smol-race-fix", cell)
+        assert d.outcome.verdict == "PASS" and cell["inject"] == "sync-reset"
+        if mode == "off":
+            continue
+        assert d.repeats == {"runs": 3, "matched": 3} and len(d.mp.graph_runs) == 3
+        assert all(compare_twin(r, d.twin).count == 0 for r in _graph_runs(d))
+        graph += 1
+    assert graph == 8
+
+
+def test_gemma_forced_race_is_the_recorded_nondeterministic_first_token_and_async_off_removes_it():
+    """gemma-race-force (`reset-late` on varlen): sample 0 alone differs, confirmed; at 384 and 512 from its first token,
+    with the very tokens of every gemma-async run that differed with async on (and of reports/h200-repeat/'s);
+    at 256 from its third token. gemma-async: with async on, runs of one configuration differ (NONDETERMINISTIC, each
+    differing run in sample 0 at token 0); with async off, all 4 runs equal the twin at both budgets."""
+    forced = {}
+    for (_, bt, mode), cell in _cells("gemma-race-force").items():
+        if mode == "off":
+            continue
+        d = derive("gemma-race-force", cell)
+        assert d.outcome.verdict == "STALE_GRAPH" and d.confirmation.status == "confirmed"
+        tokens = set()
+        for r in _graph_runs(d):
+            cmp = compare_twin(r, d.twin)
+            assert [(m.index, m.position) for m in cmp.mismatches] == [(0, 0 if bt > 256 else 2)]
+            tokens.add(tuple(_sample(r, 0)))
+        assert len(tokens) == 1
+        forced[bt] = list(tokens.pop())
+    assert forced[384] == forced[512] != forced[256]
+
+    differing = 0
+    for (axes, bt, mode), cell in _cells("gemma-async").items():
+        if mode == "off":
+            continue
+        d = derive("gemma-async", cell)
+        runs = _graph_runs(d)
+        assert len(runs) == 4 and d.repeats["runs"] == 4
+        if axes.endswith("async=off"):
+            assert d.outcome.verdict == "PASS" and d.repeats["matched"] == 4
+            assert all(compare_twin(r, d.twin).count == 0 for r in runs)
+            continue
+        assert d.outcome.verdict == "NONDETERMINISTIC" and 0 < d.repeats["matched"] < 4
+        for r in runs:
+            cmp = compare_twin(r, d.twin)
+            if cmp.count:
+                assert [(m.index, m.position) for m in cmp.mismatches] == [(0, 0)]
+                assert _sample(r, 0) == forced[bt]
+                differing += 1
+    assert differing == 3 + 2
+    for folder in ("gemma-repeat", "gemma-repeat3"):  # the first runs flagged last session
+        with lzma.open(REPORTS / "h200-repeat" / folder / "samples.jsonl.xz", "rt", encoding="utf-8") as f:
+            first = [json.loads(line) for line in f if '"index": 0,' in line]
+        for r in first:
+            if r["index"] == 0 and r["mode"] != "off" and r["token_ids"][:1] != forced[256][:1]:
+                assert r["token_ids"] == forced[r["max_bt"]]
+
+
+def test_the_patches_fired_in_every_run_they_were_given_to():
+    """The stream log's per-run counters (meta.json "patch", printed by h200-session.sh's `patched`): `reset-late`
+    replayed the reset in every forced run and re-run (and zeroed the KV cache once), never in a twin; `sync-reset`
+    synchronised in every graph run and twin (the async IOs' build and reset), never in `off` (async off there)."""
+    log = (RACE / "logs" / "stream-b.log").read_text()
+    line = re.compile(r"^\s+(\S+)\s+(run|re-run|twin)\s+([0-9a-f]{12})(?: mismatches=\S+)? patch=(\{.*\})$", re.M)
+    seen = defaultdict(dict)
+    scenario = None
+    for row in log.splitlines():
+        if m := re.match(r"== \S+ (\S+): evalharness", row):
+            scenario = m.group(1)
+        elif m := line.match(row):
+            seen[scenario][m.group(3)] = (m.group(1), m.group(2), ast.literal_eval(m.group(4)))
+    for name in ("smol-race-force", "gemma-race-force"):
+        summary = load(name)[0]
+        cells = {c["id"]: c for c in summary["cells"]}
+        assert {cid for cid, _, _ in seen[name].values()} == set(cells)
+        for key, (cid, role, patch) in seen[name].items():
+            if role == "twin" or cells[cid]["mode"] == "off":
+                assert patch == {}
+            else:
+                assert patch["fired"] >= 1 and patch["kv_zeroed"] == 1 and cells[cid]["inject"] == "reset-late"
+    fix = {c["id"]: c for c in load("smol-race-fix")[0]["cells"]}
+    assert {cid for cid, _, _ in seen["smol-race-fix"].values()} == set(fix)
+    for cid, role, patch in seen["smol-race-fix"].values():
+        assert patch == {"synced": 0 if fix[cid]["mode"] == "off" else 2}
