@@ -1,9 +1,11 @@
 """`--fail-fast`: stop a cell's runs as soon as its graph run and padded-eager twin disagree on one sample.
 
 The pool calls `check(job_key)` as a job reports finished requests; the run and its twin are compared on the
-samples both have finished (their results.jsonl, written as requests finish). A mismatch is confirmed by the tokens
-themselves (greedy decoding of the same prompt under the same configuration, padding aside, must agree token for
-token; no threshold). Once found, the cell's verdict is STALE_GRAPH whatever the rest would show, so its runs stop:
+samples both have finished (their results.jsonl, written as requests finish). Greedy decoding of the same prompt
+under the same configuration, padding aside, should agree token for token, so one differing sample decides; but it
+is not confirmed (neither run is repeated: the H200 once gave a twin that generated token 0 throughout, see
+confirm.py), so the verdict says "not confirmed by a re-run". Once found, the cell's verdict is STALE_GRAPH whatever
+the rest would show, so its runs stop:
 the graph run at once, the twin once every cell it serves has a finding (`on` and `varlen` share one twin), the
 `off` reference never (it decides ACCURACY_DROP for the other cells). Stopped runs are not cached.
 """
