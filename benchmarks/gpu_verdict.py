@@ -18,8 +18,9 @@
 
 verdict-speed.json: wall_s, slowest_solo_s, ratio, jobs, workers, threads_per_worker, model_loads, timeouts, runs
 (each {"run", "wall_s", "load_s", "generate_s", "worker", "attempts", "status"}), budget (the pool's one line),
-gguf_cache (what the workers reported), cache_build_s, cold_cache, prepare (the preparing load's report), command,
-device; with --concurrent also concurrent ({"walls", "ratios"}).
+gguf_cache (what the workers reported), phases (the invocation's prepare_s / jobs_s / confirm_s), cache_build_s,
+cold_cache, prepare (the preparing load's report), command, device; with --concurrent also concurrent ({"walls",
+"ratios"}).
 
     python benchmarks/gpu_verdict.py --model /tmp/models --gguf-file gemma-3-270m-q4_k_m.gguf \\
         --data /tmp/data/test.jsonl --attn torch-flash --out reports/h200-speed/gemma3-270m [--concurrent]
@@ -188,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                                              .get("gguf_cache")) for d in (folder / "runs").iterdir()
                                   if (d / "result.json").exists()}),
             "status_lines": sum(1 for line in log.splitlines() if line.startswith("evalharness: status:")),
+            "phases": pool.get("phases"),  # the invocation's prepare / jobs / confirmation seconds
             **prepared,
             "command": shlex.join(cmd), "benchmark": shlex.join([sys.executable, *sys.argv]), "device": device(),
         }

@@ -7,6 +7,7 @@ verdicts) -> summarise (summary.py: one Summary, with the history's drift) -> th
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,7 @@ def evaluate(s: Settings, on_start=None, engine: Engine | None = None, **given) 
     """One run: plan, execute, score, summarise, report. `on_start()` is called once the settings proved valid,
     before any job. The jobs run on the worker pool, or through `engine` (the seam: a fake one in tests); `given`
     (cuda, model, probes, interpreters) replaces asking this machine, as plan.prepare_jobs says."""
+    t0 = time.monotonic()
     p = prepare_jobs(s, **given)
     save_settings(p)  # first, so that `--resume OUT` can finish a run killed at any later point
     if on_start is not None:
@@ -62,8 +64,10 @@ def evaluate(s: Settings, on_start=None, engine: Engine | None = None, **given) 
 
         watch = FailFast(p.plan, p.jobs).check
     run = s.execution
+    t_jobs = time.monotonic()
     results = run_jobs(p.jobs, workers=run.jobs, devices=run.devices, progress=run.progress, cuda=p.cuda, report=pool,
                        watch=watch, engine=engine)
+    t_confirm = time.monotonic()
     if s.verdict.confirm:  # confirmation re-runs (graph runs, then twins when in doubt) until confirm.py needs no more
         while extra := reruns_needed(p.plan, results):
             jobs = [make_job(p, key, cfg) for key, cfg in extra.items()]
@@ -76,6 +80,9 @@ def evaluate(s: Settings, on_start=None, engine: Engine | None = None, **given) 
                 pool["model_loads"] += more["model_loads"]
             elif more:
                 pool.update(more)
+    if pool:  # where the invocation's time went, for benchmarks/gpu_verdict.py (the pool's own account)
+        pool["phases"] = {"prepare_s": round(t_jobs - t0, 2), "jobs_s": round(t_confirm - t_jobs, 2),
+                          "confirm_s": round(time.monotonic() - t_confirm, 2)}
     return finish(p, results, pool=pool)
 
 

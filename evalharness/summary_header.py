@@ -178,6 +178,10 @@ class PoolRecord(Record):
     why: str  # how the worker count and thread budget were chosen
     model_loads: int
     processes: tuple[WorkerRecord, ...]
+    # seconds of the invocation (from evaluate(), after the interpreter's imports): "prepare_s" (settings, task,
+    # probes, plan) before the first job starts, "jobs_s" the first round of jobs, "confirm_s" the confirmation
+    # re-runs; the rest (scores, reports) follows. Absent in summaries written before it.
+    phases: dict | None = None
     NESTED: ClassVar = {"processes": ("list", WorkerRecord)}
 
 
