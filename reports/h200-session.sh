@@ -87,6 +87,16 @@ for s in "$@"; do
     # issue 12 (and issue 18's oracle timing): one full verdict timed, its slowest run alone, two at once
     speed-verdict|speed-solo|speed-concurrent) speed "$s" --out "$out/h200-speed/gemma3-270m" --step "${s#speed-}" ;;
     speed-oracle) speed "$s" --oracle constants --out "$out/h200-speed/gemma3-270m-oracle-constants" --step verdict ;;
+    # issue 12's experiment: the same verdict and solo run with CUDA MPS (the workers' processes share one GPU context
+    # instead of time-slicing it), where this host lets a daemon start
+    speed-mps)   export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+                 mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+                 if nvidia-cuda-mps-control -d; then
+                   speed speed-mps-verdict --out "$out/h200-speed/gemma3-270m-mps" --step verdict
+                   speed speed-mps-solo --out "$out/h200-speed/gemma3-270m-mps" --step solo
+                   echo quit | nvidia-cuda-mps-control
+                 else echo "== speed-mps: no MPS daemon on this host"; fi
+                 unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY ;;
     # reports/h200-sweep/SAMPLE66.md: SmolLM2's sample 66 under decode graphs is the async reset race (forced, then fixed)
     smol-race-force) eh smol-race-force "${smol[@]}" "${data[@]}" --max-new-tokens 128 --max-bt 256,384,640,768 --graphs off,decode --inject decode=reset-late; patched "$out/smol-race-force" ;;
     smol-race-fix) eh smol-race-fix "${smol[@]}" "${data[@]}" --max-new-tokens 128 --max-bt 384,512,896,1024 --graphs off,on,decode --repeat 3 --inject off=sync-reset --inject on=sync-reset --inject decode=sync-reset; patched "$out/smol-race-fix" ;;
