@@ -190,6 +190,17 @@ def _reset_race_signature(comparison: TwinComparison | None, confirmation: Confi
             "tells them apart")
 
 
+def _degenerate(result: RunResult | None) -> int | None:
+    """The one token id a run generated at every position of every finished sample (two samples at least), else
+    None: what greedy decoding gives from NaN or garbage logits (on the H200 a twin once gave id 0 throughout,
+    reports/h200-speed/decode-skip/)."""
+    if result is None:
+        return None
+    done = [smp.token_ids for smp in result.samples if smp.status == "ok" and smp.token_ids]
+    ids = {t for tokens in done for t in tokens}
+    return next(iter(ids)) if len(done) >= 2 and len(ids) == 1 else None
+
+
 def decide(plan: ModePlan, run: RunResult, twin: RunResult | None, correct: list[bool], off_run: RunResult | None,
            off_correct: list[bool] | None, thresholds: Thresholds = Thresholds(),
            confirmation: Confirmation | None = None, others: dict[str, RunResult] | None = None) -> ModeOutcome:
@@ -245,6 +256,11 @@ def decide(plan: ModePlan, run: RunResult, twin: RunResult | None, correct: list
         applies[STALE_CONSTANT] = _stale_constants(sc)
     if race := _reset_race_signature(outcome.comparison, confirmation, sc, run):
         outcome.notes.append(race)
+    for who, key, r in (("run", plan.run, run), ("twin", plan.twin, twin),
+                        *(("re-run", k, r) for k, r in (others or {}).items())):
+        if (token := _degenerate(r)) is not None:
+            outcome.notes.append(f"{who} {key} generated token {token} at every position of every sample: its logits "
+                                 "were NaN or garbage, a failure of that run (not a replayed graph's constants)")
     if plan.mode != REFERENCE_MODE and not any(plan.graphs_effective):
         applies[SKIPPED] = "; ".join(plan.notes) or "no graph is captured on this device"
     elif plan.mode != REFERENCE_MODE and (idle := _paths_without_graphs(plan, run)):

@@ -331,6 +331,7 @@ def test_a_twin_that_did_not_reproduce_is_no_longer_a_confirmed_stale_graph():
     outcome = decide(mp, run, twin, [False] * len(run.samples), None, None, confirmation=c,
                      others={k: results[k] for k in (rerun, twin_rerun)})
     assert outcome.verdict == NONDETERMINISTIC and "twin is not reproducible" in outcome.reason
+    assert [n.split(" generated")[0] for n in outcome.notes if "every position" in n] == [f"twin {on['twin']}"]
 
 
 def test_after_the_cache_fix_the_loads_overlap_and_one_worker_builds_the_cache():

@@ -274,3 +274,22 @@ def test_a_single_sample_differing_from_its_first_token_is_noted_as_the_reset_ra
     assert any("async reset race" in n and "sync-reset" in n for n in o.notes) == noted
     if noted:
         assert "only sample 5 differs" in " ".join(o.notes)
+
+
+def test_a_run_that_generated_one_token_throughout_is_noted_as_degenerate():
+    """A twin that generated token 0 at every position of every sample (NaN logits, as on the H200 in
+    reports/h200-speed/decode-skip/) makes the graph run differ everywhere: the note names the broken run; a run
+    whose samples repeat one token each, but not the same one, or a single sample, is not noted."""
+    zeros = run("t", tokens={i: [0, 0, 0] for i in range(20)})
+    o = decide(plan(), run("r"), zeros, right(20), run("off"), right(20))
+    assert o.verdict == STALE_GRAPH and o.twin_mismatches == 20
+    (note,) = [n for n in o.notes if "every position" in n]
+    assert note.startswith("twin on-twin generated token 0 at every position of every sample")
+    rerun = run("again", tokens={i: [7] * 4 for i in range(20)})
+    o = decide(plan(), run("r"), run("t"), right(20), run("off"), right(20), others={"again": rerun})
+    assert [n.split(" generated")[0] for n in o.notes if "every position" in n] == ["re-run again"]
+    each_own = run("r", tokens={i: [i] * 3 for i in range(20)})
+    single = run("r", n=1, tokens={0: [5, 5, 5]})
+    for r, twin in ((each_own, run("t")), (single, run("t", n=1))):
+        n = len(r.samples)
+        assert not [x for x in decide(plan(), r, twin, right(n), None, None).notes if "every position" in x]
