@@ -25,23 +25,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import REPO
+from _common import REPO, load_model_cmd
 
-CHILD = """
-import json, sys, time
-from evalharness.engine.transformers_cb import load_model
-spec = json.loads(sys.argv[1])
-t0 = time.perf_counter()
-lm, tok = load_model(spec, "sdpa")
-print(json.dumps({"load_s": round(time.perf_counter() - t0, 2), "info": getattr(lm, "_evalharness_gguf_cache", None)}))
-"""
-
-
-def start(spec: dict, cache: Path, use_cache: bool = True) -> subprocess.Popen:
+def start(args, cache: Path, use_cache: bool = True) -> subprocess.Popen:
     env = {**os.environ, "EVALHARNESS_CACHE": str(cache), "EVALHARNESS_GGUF_CACHE": "1" if use_cache else "0",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-    return subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(spec)], env=env, stdout=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(load_model_cmd(sys.executable, args.model, args.gguf_file, args.dtype), env=env,
+                            stdout=subprocess.PIPE, text=True)
 
 
 def finish(proc: subprocess.Popen) -> dict:
@@ -70,10 +60,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gguf-cache-bench-") as tmp:
         result = {"model": spec["label"], "dtype": args.dtype, "transformers": transformers.__version__}
         if not args.skip_gguf:
-            result["gguf"] = finish(start(spec, Path(tmp), use_cache=False))
-        procs = [start(spec, Path(tmp)) for _ in range(args.workers)]
+            result["gguf"] = finish(start(args, Path(tmp), use_cache=False))
+        procs = [start(args, Path(tmp)) for _ in range(args.workers)]
         result["workers"] = [finish(p) for p in procs]
-        result["hit"] = finish(start(spec, Path(tmp)))
+        result["hit"] = finish(start(args, Path(tmp)))
     result["command"] = " ".join([Path(sys.executable).name, *sys.argv])
     print(json.dumps(result, indent=1))
 

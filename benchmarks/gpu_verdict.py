@@ -64,25 +64,12 @@ def settings_args(a) -> list[str]:
     return out
 
 
-PREPARE = """
-import json, sys, time
-from evalharness import models
-from evalharness.engine import gguf_cache
-from evalharness.engine.transformers_cb import load_model
-spec = models.resolve(sys.argv[1], sys.argv[2] or None, sys.argv[3])
-if not spec.get("gguf_file") or not gguf_cache.enabled():
-    print(json.dumps({"gguf": bool(spec.get("gguf_file")), "cache": gguf_cache.enabled()}))
-    sys.exit(0)
-t0 = time.perf_counter()
-lm, tok = load_model(spec, "sdpa")  # the workers' own loader: builds the dequantized entry where it is missing
-print(json.dumps({"load_s": round(time.perf_counter() - t0, 2), "info": lm._evalharness_gguf_cache}))
-"""
-
-
 def prepare(a, log: Path) -> dict:
     """Step 0: one worker-like load of the model, which leaves the dequantized GGUF cache entry built. Returns
     {"cache_build_s", "cold_cache", "prepare"} (both null where the model has no such cache)."""
-    cmd = [a.python, "-c", PREPARE, a.model, a.gguf_file or "", a.dtype]
+    from _common import load_model_cmd  # benchmarks/ is on sys.path when run
+
+    cmd = load_model_cmd(a.python, a.model, a.gguf_file, a.dtype, only_cached=True)
     with open(log, "w") as f:
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=f, text=True)
     if proc.returncode != 0:
