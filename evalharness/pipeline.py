@@ -68,7 +68,7 @@ def evaluate(s: Settings, on_start=None, engine: Engine | None = None, **given) 
     results = run_jobs(p.jobs, workers=run.jobs, devices=run.devices, progress=run.progress, cuda=p.cuda, report=pool,
                        watch=watch, engine=engine)
     t_confirm = time.monotonic()
-    if s.verdict.confirm:  # confirmation re-runs (graph runs, then twins when in doubt) until confirm.py needs no more
+    if s.verdict.confirm:  # confirmation re-runs (of graph runs and of their twins) until confirm.py needs no more
         while extra := reruns_needed(p.plan, results):
             jobs = [make_job(p, key, cfg) for key, cfg in extra.items()]
             p.jobs.extend(jobs)

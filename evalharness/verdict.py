@@ -256,9 +256,11 @@ def decide(plan: ModePlan, run: RunResult, twin: RunResult | None, correct: list
         applies[STALE_CONSTANT] = _stale_constants(sc)
     if race := _reset_race_signature(outcome.comparison, confirmation, sc, run):
         outcome.notes.append(race)
+    named: set[str] = set()  # a run that is its own twin (no graph on this device) is named once
     for who, key, r in (("run", plan.run, run), ("twin", plan.twin, twin),
                         *(("re-run", k, r) for k, r in (others or {}).items())):
-        if (token := _degenerate(r)) is not None:
+        if key not in named and (token := _degenerate(r)) is not None:
+            named.add(key)
             outcome.notes.append(f"{who} {key} generated token {token} at every position of every sample: its logits "
                                  "were NaN or garbage, a failure of that run (not a replayed graph's constants)")
     if plan.mode != REFERENCE_MODE and not any(plan.graphs_effective):

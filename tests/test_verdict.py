@@ -288,6 +288,8 @@ def test_a_run_that_generated_one_token_throughout_is_noted_as_degenerate():
     rerun = run("again", tokens={i: [7] * 4 for i in range(20)})
     o = decide(plan(), run("r"), run("t"), right(20), run("off"), right(20), others={"again": rerun})
     assert [n.split(" generated")[0] for n in o.notes if "every position" in n] == ["re-run again"]
+    own_twin = ModePlan(mode="on", max_bt=384, run="same", twin="same", fault=None, graphs_effective=(False, False))
+    assert len([n for n in decide(own_twin, zeros, zeros, right(20), None, None).notes if "every position" in n]) == 1
     each_own = run("r", tokens={i: [i] * 3 for i in range(20)})
     single = run("r", n=1, tokens={0: [5, 5, 5]})
     for r, twin in ((each_own, run("t")), (single, run("t", n=1))):
