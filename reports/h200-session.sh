@@ -99,6 +99,8 @@ for s in "$@"; do
                  unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY ;;
     # reports/h200-sweep/SAMPLE66.md: SmolLM2's sample 66 under decode graphs is the async reset race (forced, then fixed)
     smol-race-force) eh smol-race-force "${smol[@]}" "${data[@]}" --max-new-tokens 128 --max-bt 256,384,640,768 --graphs off,decode --inject decode=reset-late; patched "$out/smol-race-force" ;;
+    # reports/h200-race/README.md: at 640 the forced race did not give SAMPLE66.md's predicted tokens; observe it there
+    smol-race-probe) eh smol-race-probe "${smol[@]}" "${data[@]}" --max-new-tokens 128 --max-bt 640 --graphs off,decode --repeat 3 --inject off=reset-probe --inject decode=reset-probe; patched "$out/smol-race-probe" ;;
     smol-race-fix) eh smol-race-fix "${smol[@]}" "${data[@]}" --max-new-tokens 128 --max-bt 384,512,896,1024 --graphs off,on,decode --repeat 3 --inject off=sync-reset --inject on=sync-reset --inject decode=sync-reset; patched "$out/smol-race-fix" ;;
     # issue 16
     sweep-ab)    eh sweep-ab "${smol[@]}" "${data[@]}" --max-bt 128:1024:128 --graphs off,on,varlen,decode \
