@@ -90,7 +90,7 @@ for s in "$@"; do
     # issue 12's experiment: the same verdict and solo run with CUDA MPS (the workers' processes share one GPU context
     # instead of time-slicing it), where this host lets a daemon start
     # ... and whether the workers' OpenMP threads spinning between ops take the cores from their Python threads
-    speed-passive) OMP_WAIT_POLICY=PASSIVE speed "$s" --out "$out/h200-speed/gemma3-270m-passive" --step verdict ;;
+    speed-passive) export OMP_WAIT_POLICY=PASSIVE; speed "$s" --out "$out/h200-speed/gemma3-270m-passive" --step verdict; unset OMP_WAIT_POLICY ;;
     speed-mps)   export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
                  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
                  if nvidia-cuda-mps-control -d; then
