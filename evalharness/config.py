@@ -97,6 +97,11 @@ class EngineConfig:
     # (its own key and cache entry, a fresh worker); `flaky` perturbs attempt 0 only
     attempt: int = 0
 
+    @classmethod
+    def from_json(cls, d: dict) -> "EngineConfig":
+        """The configuration as a job, jobs.json or summary.json holds it (dataclasses.asdict: `cuda_graph` a list)."""
+        return cls(**{**d, "cuda_graph": tuple(d["cuda_graph"])})
+
     def key(self) -> str:
         fields = dataclasses.asdict(self)
         if not self.attempt:  # the first run keeps the key it had before attempts existed (caches stay valid)

@@ -65,7 +65,7 @@ def pick(doc: dict, which: str) -> dict:
 def job_from_entry(doc: dict, entry: dict, root: Path) -> Job:
 
     python, pythonpath = engine_interpreter(entry["engine_path"])  # resolved on this machine
-    cfg = EngineConfig(**{**entry["engine"], "cuda_graph": tuple(entry["engine"]["cuda_graph"])})
+    cfg = EngineConfig.from_json(entry["engine"])
     if cfg.key() != entry["run"]:
         raise UsageError(f"jobs.json: job {entry['id']}'s engine configuration does not match its run key")
     job_dir = Path(entry["job_dir"])

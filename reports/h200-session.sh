@@ -39,7 +39,7 @@ for m in Path(sys.argv[2]).glob("*/meta.json"):
     meta = json.loads(m.read_text())
     if "patch" in meta:
         e = meta["engine"]
-        patch[EngineConfig(**{**e, "cuda_graph": tuple(e["cuda_graph"])}).key()] = meta["patch"]
+        patch[EngineConfig.from_json(e).key()] = meta["patch"]
 show = lambda p: {k: v for k, v in (p or {}).items() if k not in ("patch", "targets")}
 for c in s["cells"]:
     runs = (c.get("confirmation") or {}).get("runs") or [{"run": c.get("run"), "role": "run", "mismatches": c.get("twin_mismatches")}]

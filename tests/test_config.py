@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pytest
 
 from evalharness.config import FAULTS, MODES, Axes, Capabilities, EngineConfig, UsageError, plan_runs
@@ -72,6 +75,10 @@ def test_engine_config_key_is_stable_and_content_addressed():
                         use_async=False, fault="pre45323")
     assert twin.describe() == ("graphs=off, max_bt=384, attn=sdpa, padded-eager, padded max_seqlen_k, async=off, "
                                "fault=pre45323")
+    # as a job, jobs.json or summary.json hold it, and back: the same configuration and key
+    for cfg in (a, twin, dataclasses.replace(twin, attempt=2)):
+        back = EngineConfig.from_json(json.loads(json.dumps(dataclasses.asdict(cfg))))
+        assert back == cfg and back.key() == cfg.key() and isinstance(back.cuda_graph, tuple)
 
 
 def test_capabilities_decode_fast_path():

@@ -313,8 +313,7 @@ def test_a_twin_that_did_not_reproduce_is_no_longer_a_confirmed_stale_graph():
     key = (on.get("engine"), on["max_bt"], "on")
     run, twin = runs[(*key, False)], runs[(*key, True)]
     assert all(set(s.token_ids) == {0} for s in twin.samples)  # token 0 throughout: the twin's output was garbage
-    configs = {k: EngineConfig(**{**r["engine"], "cuda_graph": tuple(r["engine"]["cuda_graph"])})
-               for k, r in summary["runs"].items()}
+    configs = {k: EngineConfig.from_json(r["engine"]) for k, r in summary["runs"].items()}
     assert all(cfg.key() == k for k, cfg in configs.items())
     (rerun,) = [r["run"] for r in recorded["runs"] if r["role"] == "re-run"]
     mp = ModePlan(mode="on", max_bt=on["max_bt"], run=on["run"], twin=on["twin"], fault=None,

@@ -210,9 +210,9 @@ def test_one_worker_one_model_load_same_tokens_as_fresh_workers(tiny_llama, gsm8
     assert [summary["runs"][k]["engine"]["force_padding"] for k in order] == [True, True, False, False]
     for run_dir in (out / "runs").iterdir():
         spec = json.loads((run_dir / "job.json").read_text())
-        fresh = run_engine(Job(key="fresh", engine=EngineConfig(**{**spec["engine"], "cuda_graph": tuple(
-            spec["engine"]["cuda_graph"])}), model=spec["model"], prompts=spec["prompts"],
-            max_new_tokens=spec["max_new_tokens"], job_dir=tmp_path / "fresh" / run_dir.name), progress=False)
+        fresh = run_engine(Job(key="fresh", engine=EngineConfig.from_json(spec["engine"]), model=spec["model"],
+                               prompts=spec["prompts"], max_new_tokens=spec["max_new_tokens"],
+                               job_dir=tmp_path / "fresh" / run_dir.name), progress=False)
         pooled = {r["index"]: r["token_ids"] for r in read_jsonl(run_dir / "results.jsonl")}
         assert fresh.status == "ok" and {s.index: s.token_ids for s in fresh.samples} == pooled
 

@@ -53,8 +53,7 @@ def load(scenario: str):
 
 
 def _config(summary: dict, key: str, **change) -> EngineConfig:
-    e = summary["runs"][key]["engine"]
-    return EngineConfig(**{**e, "cuda_graph": tuple(e["cuda_graph"]), **change})
+    return dataclasses.replace(EngineConfig.from_json(summary["runs"][key]["engine"]), **change)
 
 
 def derive(scenario: str, cell: dict) -> SimpleNamespace:
