@@ -28,15 +28,22 @@ FOLDERS = sorted(p.parent.relative_to(REPORTS).as_posix() for root in WORKLOADS
                  for p in (REPORTS / root).glob("**/samples.jsonl.xz"))
 
 
-def load(folder: str) -> tuple[dict, dict[tuple, RunResult], dict[tuple, list[dict]]]:
-    """`folder`: ROOT/SCENARIO under reports/ (a bare SCENARIO is one of the positive controls)."""
+RUN_KEY = ("engine", "max_bt", "mode", "twin")  # what tells a recording's first runs and twins apart
+
+
+def load(folder: str, by: tuple[str, ...] = RUN_KEY) -> tuple[dict, dict[tuple, RunResult], dict[tuple, list[dict]]]:
+    """`folder`: ROOT/SCENARIO under reports/ (a bare SCENARIO is one of the positive controls). Its summary, and its
+    first runs and twins (and their sample rows, by index) keyed by the rows' fields `by` (a recording whose cells
+    differ in their axes too adds "axes")."""
     path = REPORTS / folder if "/" in folder else EVIDENCE / folder
     summary = json.loads((path / "summary.json").read_text())
     rows = defaultdict(list)
     with lzma.open(path / "samples.jsonl.xz", "rt", encoding="utf-8") as f:
         for line in f:
             r = json.loads(line)
-            rows[(r.get("engine"), r["max_bt"], r["mode"], r["twin"])].append(r)
+            rows[tuple(r.get(k) for k in by)].append(r)
+    for v in rows.values():
+        v.sort(key=lambda r: r["index"])
     runs = {k: as_run(v[0]["run"], v) for k, v in rows.items()}
     return summary, runs, rows
 

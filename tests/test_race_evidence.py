@@ -26,7 +26,8 @@ from evalharness.stats import mcnemar_exact
 from evalharness.summary import _repeats
 from evalharness.twin import compare_twin, paired_on_finished
 from evalharness.verdict import Thresholds, decide
-from test_gpu_evidence import REPORTS, as_run, extra_runs
+from test_gpu_evidence import REPORTS, extra_runs
+from test_gpu_evidence import load as evidence
 
 RACE = REPORTS / "h200-race"
 # each scenario's budgets (reports/h200-session.sh), all with LIMIT=128 questions
@@ -39,17 +40,8 @@ SMOL_FIRST = 66  # SmolLM2's first scheduled request (prefix sharing sorts the p
 def load(scenario: str):
     """summary, first runs and twins by (engine, axes, max_bt, mode, twin) (gemma-async's cells differ in their axes
     only), their sample rows, and the scenario's other runs by key."""
-    path = RACE / scenario
-    summary = json.loads((path / "summary.json").read_text())
-    rows = defaultdict(list)
-    with lzma.open(path / "samples.jsonl.xz", "rt", encoding="utf-8") as f:
-        for line in f:
-            r = json.loads(line)
-            rows[(r["engine"], r["axes"], r["max_bt"], r["mode"], r["twin"])].append(r)
-    for v in rows.values():
-        v.sort(key=lambda r: r["index"])
-    runs = {k: as_run(v[0]["run"], v) for k, v in rows.items()}
-    return summary, runs, rows, extra_runs(path)
+    summary, runs, rows = evidence(f"h200-race/{scenario}", by=("engine", "axes", "max_bt", "mode", "twin"))
+    return summary, runs, rows, extra_runs(RACE / scenario)
 
 
 def _config(summary: dict, key: str, **change) -> EngineConfig:
