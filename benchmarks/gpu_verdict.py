@@ -13,12 +13,14 @@
    time, plan.unsupported_modes): 4 jobs, not 6.
 2. Its slowest run again alone, in a fresh folder: `evalharness plan` with the same settings, then `evalharness
    run-job` of that run (its own worker: interpreter start, model load, generation). Target: 1. <= 1.3 x 2.
+   With --mps the verdicts run their workers through an MPS daemon of their own (evalharness --mps); the solo run
+   stays without (alone, it shares the GPU with nobody).
 3. With --concurrent: two invocations of the same verdict started together, each into its own folder; each one's
    wall against 1. Target: each <= 1.5 x 1.
 
 verdict-speed.json: wall_s, slowest_solo_s, ratio, jobs, workers, threads_per_worker, model_loads, timeouts, runs
 (each {"run", "wall_s", "load_s", "generate_s", "worker", "attempts", "status"}), budget (the pool's one line),
-gguf_cache (what the workers reported), phases (the invocation's prepare_s / jobs_s / confirm_s), cache_build_s,
+gguf_cache (what the workers reported), phases (the invocation's prepare_s / jobs_s / confirm_s), mps, cache_build_s,
 cold_cache, prepare (the preparing load's report), command, device; with --concurrent also concurrent ({"walls",
 "ratios"}).
 
@@ -84,6 +86,8 @@ def verdict(a, out: Path) -> tuple[list[str], int, float]:
     cmd = evalharness(a.python) + ["gsm8k", *settings_args(a), "--out", str(out), "--no-progress"]
     if a.jobs:
         cmd += ["--jobs", a.jobs]
+    if a.mps:
+        cmd += ["--mps"]
     out.mkdir(parents=True, exist_ok=True)
     rc, wall = run(cmd, out.parent / f"{out.name}.log")
     if rc not in (0, 1):
@@ -140,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", help="--jobs for the verdicts (default: the harness's own, auto on CUDA)")
     p.add_argument("--oracle", choices=("twin", "constants", "both"),
                    help="--oracle for the verdicts: time `constants` (no twins) against the default twin oracle")
+    p.add_argument("--mps", action="store_true",
+                   help="--mps for the verdicts (each invocation its own MPS daemon); the solo run stays without it "
+                   "(one worker has no GPU to share)")
     p.add_argument("--python", default=sys.executable, help="interpreter that runs evalharness")
     p.add_argument("--out", type=Path, default=Path("verdict-speed"), help="folder for the runs and the JSON")
     p.add_argument("--concurrent", action="store_true", help="also two invocations at once, each against solo")
@@ -177,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                                   if (d / "result.json").exists()}),
             "status_lines": sum(1 for line in log.splitlines() if line.startswith("evalharness: status:")),
             "phases": pool.get("phases"),  # the invocation's prepare / jobs / confirmation seconds
+            "mps": a.mps,
             **prepared,
             "command": shlex.join(cmd), "benchmark": shlex.join([sys.executable, *sys.argv]), "device": device(),
         }

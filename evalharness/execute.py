@@ -156,12 +156,13 @@ def run_one(job: Job, engine: Engine, progress: bool = True, retries: int = 1) -
 
 def run_jobs(jobs: list[Job], workers: int | str | None = 1, devices: list[str] | None = None, progress: bool = True,
              cuda: bool = False, report: dict | None = None, watch=None,
-             engine: Engine | None = None) -> dict[str, RunResult]:
+             engine: Engine | None = None, env=None) -> dict[str, RunResult]:
     """Run the jobs not already cached on a pool of reused workers (engine/pool.py); with `devices`, every worker
     gets one GPU (CUDA_VISIBLE_DEVICES), round robin, so several workers may share a large GPU. Prints the chosen
     worker count and thread budget in one line; `report` receives the pool's account (workers, model loads);
-    `watch` (--fail-fast, failfast.FailFast.check) names the runs to stop as results come in. Given an `engine`, each
-    job runs through it instead, one at a time in this process (run_one)."""
+    `watch` (--fail-fast, failfast.FailFast.check) names the runs to stop as results come in; `env(device)` adds to
+    each worker's environment (--mps: mps.Daemon.worker_env). Given an `engine`, each job runs through it instead, one
+    at a time in this process (run_one)."""
     import sys
 
     from .engine.pool import run_pool
@@ -180,7 +181,7 @@ def run_jobs(jobs: list[Job], workers: int | str | None = 1, devices: list[str] 
                 held.enter_context(Claim(budget.workers, budget.workers * (need or 0)))
             print(budget.line(), file=sys.stderr, flush=True)
             got, pool = run_pool(todo, budget, devices, progress, on_result=store_result, guard=locked,
-                                 cached=cached_result, watch=watch)
+                                 cached=cached_result, watch=watch, env=env)
         results.update(got)
         if report is not None:
             report.update(pool.to_json())

@@ -6,6 +6,7 @@ verdicts) -> summarise (summary.py: one Summary, with the history's drift) -> th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -64,22 +65,28 @@ def evaluate(s: Settings, on_start=None, engine: Engine | None = None, **given) 
 
         watch = FailFast(p.plan, p.jobs).check
     run = s.execution
-    t_jobs = time.monotonic()
-    results = run_jobs(p.jobs, workers=run.jobs, devices=run.devices, progress=run.progress, cuda=p.cuda, report=pool,
-                       watch=watch, engine=engine)
-    t_confirm = time.monotonic()
-    if s.verdict.confirm:  # confirmation re-runs (of graph runs and of their twins) until confirm.py needs no more
-        while extra := reruns_needed(p.plan, results):
-            jobs = [make_job(p, key, cfg) for key, cfg in extra.items()]
-            p.jobs.extend(jobs)
-            more: dict = {}
-            results.update(run_jobs(jobs, workers=run.jobs, devices=run.devices, progress=run.progress, cuda=p.cuda,
-                                    engine=engine, report=more))
-            if more and pool:  # the re-runs' workers and model loads count too
-                pool["processes"] += more["processes"]
-                pool["model_loads"] += more["model_loads"]
-            elif more:
-                pool.update(more)
+    with contextlib.ExitStack() as stack:
+        env = None
+        if run.mps and engine is None:  # the workers' kernels share each GPU through an MPS daemon (engine/mps.py)
+            from .engine.mps import Daemon
+
+            env = stack.enter_context(Daemon(run.devices)).worker_env
+        t_jobs = time.monotonic()
+        results = run_jobs(p.jobs, workers=run.jobs, devices=run.devices, progress=run.progress, cuda=p.cuda,
+                           report=pool, watch=watch, engine=engine, env=env)
+        t_confirm = time.monotonic()
+        if s.verdict.confirm:  # confirmation re-runs (of graph runs and of their twins) until confirm.py needs no more
+            while extra := reruns_needed(p.plan, results):
+                jobs = [make_job(p, key, cfg) for key, cfg in extra.items()]
+                p.jobs.extend(jobs)
+                more: dict = {}
+                results.update(run_jobs(jobs, workers=run.jobs, devices=run.devices, progress=run.progress,
+                                        cuda=p.cuda, engine=engine, report=more, env=env))
+                if more and pool:  # the re-runs' workers and model loads count too
+                    pool["processes"] += more["processes"]
+                    pool["model_loads"] += more["model_loads"]
+                elif more:
+                    pool.update(more)
     if pool:  # where the invocation's time went, for benchmarks/gpu_verdict.py (the pool's own account)
         pool["phases"] = {"prepare_s": round(t_jobs - t0, 2), "jobs_s": round(t_confirm - t_jobs, 2),
                           "confirm_s": round(time.monotonic() - t_confirm, 2)}

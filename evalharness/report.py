@@ -153,10 +153,12 @@ def markdown(summary: Summary, max_examples: int = 3) -> str:
     pool = h.pool
     if pool:  # None when every run came from the cache
         loads = ", ".join(f"{_num(w.load_s)} s" for w in pool.processes if w.load_s is not None)
+        mps = sum(bool(w.mps) for w in pool.processes)
         lines += ["", f"Workers: {pool.workers} x {pool.threads_per_worker} CPU thread(s) "
                   f"({md_escape(pool.why)}); {len(pool.processes)} worker process(es), {pool.model_loads} "
-                  f"model load(s){f' ({loads})' if loads else ''}. Wall s is the time inside generate_batch; a run "
-                  "whose worker had the model loaded already paid no load."]
+                  f"model load(s){f' ({loads})' if loads else ''}"
+                  f"{f'; {mps} through the MPS daemon (--mps)' if mps else ''}. Wall s is the time inside "
+                  "generate_batch; a run whose worker had the model loaded already paid no load."]
     lines += ["", legend(), ""]
     return "\n".join(lines)
 

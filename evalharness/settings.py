@@ -153,6 +153,10 @@ class ExecutionSettings:
     fail_fast: bool = option("--fail-fast", False, action="store_true", suite=False,
                              help="stop a cell's runs at its first twin mismatch: STALE_GRAPH without a "
                              "confirmation re-run (CI that needs only the verdict)")
+    mps: bool = option("--mps", False, action="store_true", resume=True, suite=False,
+                       help="run the workers through a CUDA MPS daemon of this invocation's own, so that their kernels "
+                       "share the GPU instead of time-slicing it (faster with several workers per GPU; a job that "
+                       "crashes is retried outside MPS, since a GPU fault under MPS reaches every worker)")
     cache: Path | None = option("--cache", parse=path_or_none, suite=False, load=path_or_none,
                                 save=lambda p: None if p is None else str(Path(p).resolve()),
                                 help="engine-run cache folder (default OUT/runs); runs already there with the same "

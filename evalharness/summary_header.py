@@ -166,6 +166,7 @@ class WorkerRecord(Record):
     load_s: float | None  # its model load (None: it never loaded one)
     jobs: tuple[str, ...]  # the run keys it ran, in order
     end: str | None  # why it was retired
+    mps: bool | None = None  # it ran through the invocation's MPS daemon (--mps); absent in older summaries
     NESTED: ClassVar = {"jobs": tuple}
 
 

@@ -91,6 +91,11 @@ for s in "$@"; do
     # instead of time-slicing it), where this host lets a daemon start
     # ... and whether the workers' OpenMP threads spinning between ops take the cores from their Python threads
     speed-passive) export OMP_WAIT_POLICY=PASSIVE; speed "$s" --out "$out/h200-speed/gemma3-270m-passive" --step verdict; unset OMP_WAIT_POLICY ;;
+    # the harness's own --mps (a private MPS daemon per invocation): the verdict, its slowest run alone (no MPS: one
+    # worker) and two verdicts at once (two daemons)
+    speed-mps-own) speed speed-mps-own-verdict --mps --out "$out/h200-speed/gemma3-270m-mps-own" --step verdict
+                   speed speed-mps-own-solo --mps --out "$out/h200-speed/gemma3-270m-mps-own" --step solo
+                   speed speed-mps-own-concurrent --mps --out "$out/h200-speed/gemma3-270m-mps-own" --step concurrent ;;
     speed-mps)   export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
                  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
                  if nvidia-cuda-mps-control -d; then

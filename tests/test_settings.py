@@ -109,24 +109,35 @@ def test_committed_settings_are_of_both_formats():
                          ids=lambda p: f"{p.parent.parent.name}/{p.parent.name}")
 def test_committed_nested_settings_resume(path, tmp_path):
     """The GPU evidence recorded since the nested Settings (format 2): a resume reads it, and writing it back gives
-    the same document."""
+    the same document, plus the options added since it was written, at their defaults."""
     doc = json.loads(path.read_text())
     (tmp_path / store.SETTINGS_FILE).write_text(path.read_text())
     s = store.load_settings(tmp_path)
     assert s.model.gguf_file == doc["settings"]["model"]["gguf_file"]
     assert s.matrix.modes == doc["settings"]["matrix"]["modes"]
-    assert doc["format"] == 2 and store.settings_json(s) == doc["settings"]
+    back, defaults = store.settings_json(s), store.settings_json(Settings())
+    added = {(group, k) for group, d in back.items() if isinstance(d, dict) for k in d
+             if k not in doc["settings"].get(group, {})}
+    assert all(back[g][k] == defaults[g][k] for g, k in added)
+    for g, k in added:
+        del back[g][k]
+    assert doc["format"] == 2 and back == doc["settings"]
 
 
 @pytest.mark.parametrize("path", sorted(p for p, f in COMMITTED.items() if f == 1),
                          ids=lambda p: f"{p.parent.parent.name}/{p.parent.name}")
 def test_committed_flat_settings_reach_their_fields(path, tmp_path):
     """The committed GPU evidence's settings.json (format 1, flat): every value lands in its group's field, and a
-    resume reads the file (store.load_settings picks the reader by format)."""
+    resume reads the file (store.load_settings picks the reader by format); the options added since are at their
+    defaults."""
     doc = json.loads(path.read_text())
     (tmp_path / store.SETTINGS_FILE).write_text(path.read_text())
     s = store.load_settings(tmp_path)
-    assert s == store.settings_from_flat_json(doc["settings"]) and flat(s) == doc["settings"]
+    back, defaults = flat(s), flat(Settings())
+    added = set(back) - set(doc["settings"])
+    assert all(back[k] == defaults[k] for k in added)
+    assert s == store.settings_from_flat_json(doc["settings"])
+    assert {k: v for k, v in back.items() if k not in added} == doc["settings"]
     assert s.model.gguf_file == doc["settings"]["gguf_file"] and s.matrix.modes == doc["settings"]["modes"]
     assert store.settings_from_json(json.loads(json.dumps(store.settings_json(s)))) == s
 
@@ -157,4 +168,4 @@ def test_resume_allows_only_options_that_do_not_change_results():
         ["off"], 2, ["0"], False, "d")
     args = build_parser().parse_args(["gsm8k", "--resume", "d", "--limit", "3", "--audit-all"])
     assert settings.resume_conflicts(args) == ["--audit-all", "--limit"]
-    assert set(settings.resume_flags()) == {"--jobs", "--devices", "--no-progress", "--history"}
+    assert set(settings.resume_flags()) == {"--jobs", "--devices", "--mps", "--no-progress", "--history"}

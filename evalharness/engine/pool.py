@@ -2,7 +2,9 @@
 stall retires its worker and the job is retried once in a fresh one, and a status line every 30 s.
 
 Each slot (a thread) owns at most one worker at a time, started from that thread (PR_SET_PDEATHSIG follows the
-forking thread) and pinned to one GPU (--devices, round robin). A slot takes the next job by schedule.next_job: the
+forking thread) and pinned to one GPU (--devices, round robin). With `env` (--mps: the MPS daemon's pipe folder) the
+workers' kernels share the GPU through one MPS server; a job retried after a crash runs in a fresh worker without it,
+in a context of its own as without --mps (a GPU fault under MPS reaches every client of that GPU). A slot takes the next job by schedule.next_job: the
 slowest pending job, preferring one its current worker can serve (same schedule.worker_key); a job with another key
 retires the worker first. Every job keeps its own folder (job.json, results.jsonl, meta.json, worker.log), so
 `collect`, the cache, `--resume` and `merge` see exactly what a one-job worker leaves.
@@ -48,7 +50,8 @@ class Pool:
                  on_result: Callable[[Job, RunResult], None] | None = None, retries: int = 1,
                  status_every_s: float = STATUS_EVERY_S, stream=None, guard=None,
                  cached: Callable[[Job], RunResult | None] | None = None,
-                 watch: Callable[[str, bool], set[str]] | None = None):
+                 watch: Callable[[str, bool], set[str]] | None = None,
+                 env: Callable[[str | None], dict] | None = None):
         self.pending = critical_path_order(jobs)
         self.budget, self.devices, self.progress, self.retries = budget, devices, progress, retries
         self.on_result = on_result or (lambda job, result: None)
@@ -68,6 +71,7 @@ class Pool:
         self.cached = cached or (lambda job: None)
         # --fail-fast: watch(job key, finished) -> run keys to stop (failfast.FailFast.check)
         self.watch = watch
+        self.env = env  # --mps: mps.Daemon.worker_env
 
     # --- the run ---------------------------------------------------------------------------------------------
     def run(self) -> dict[str, RunResult]:
@@ -143,7 +147,7 @@ class Pool:
                 worker = None
             prepare_dir(job)
             if worker is None:
-                worker = self._start(key, job, device)
+                worker = self._start(key, job, device, retry=attempts > 1)
             bar = tqdm(total=len(job.prompts), desc=job.label or job.key, unit="req", disable=not self.progress,
                        leave=True, dynamic_ncols=True)
 
@@ -177,10 +181,13 @@ class Pool:
             result.meta["attempts"] = attempts
             return result, worker
 
-    def _start(self, key: tuple, job: Job, device: str | None) -> Worker:
-        worker = Worker(key, job.python, job.pythonpath, device, self.budget.threads, job.job_dir / "worker.log")
+    def _start(self, key: tuple, job: Job, device: str | None, retry: bool = False) -> Worker:
+        """A new worker for `key`; with --mps through the MPS daemon, except for a retry (see the module's doc)."""
+        env = None if retry or not self.env else self.env(device)
+        worker = Worker(key, job.python, job.pythonpath, device, self.budget.threads, job.job_dir / "worker.log",
+                        env=env)
         worker.record = {"id": worker.id, "device": device, "threads": self.budget.threads, "load_s": None,
-                         "jobs": [], "end": None}
+                         "jobs": [], "end": None, "mps": env is not None}
         with self.lock:
             self.report.workers.append(worker.record)
         return worker
@@ -217,6 +224,7 @@ class Pool:
 def run_pool(jobs: list[Job], budget: Budget, devices: list[str] | None = None, progress: bool = True,
              on_result: Callable[[Job, RunResult], None] | None = None, guard=None,
              cached: Callable[[Job], RunResult | None] | None = None,
-             watch: Callable[[str, bool], set[str]] | None = None) -> tuple[dict[str, RunResult], PoolReport]:
-    pool = Pool(jobs, budget, devices, progress, on_result, guard=guard, cached=cached, watch=watch)
+             watch: Callable[[str, bool], set[str]] | None = None,
+             env: Callable[[str | None], dict] | None = None) -> tuple[dict[str, RunResult], PoolReport]:
+    pool = Pool(jobs, budget, devices, progress, on_result, guard=guard, cached=cached, watch=watch, env=env)
     return pool.run(), pool.report

@@ -37,7 +37,10 @@ def default_limits(cuda: bool, total_s: float | None = None) -> Limits:
     return Limits(stall_s=300.0 if cuda else 600.0, load_stall_s=1800.0, total_s=total_s)
 
 
-def worker_env(extra_path: str | None = None, cuda_device: str | None = None, threads: int | None = None) -> dict:
+def worker_env(extra_path: str | None = None, cuda_device: str | None = None, threads: int | None = None,
+               extra: dict | None = None) -> dict:
+    """The worker's environment: this one, its GPU, PYTHONPATH, its CPU budget, and `extra` last (--mps:
+    mps.Daemon.worker_env; a None value unsets the variable)."""
     env = dict(os.environ)
     if cuda_device is not None:
         env["CUDA_VISIBLE_DEVICES"] = cuda_device
@@ -49,6 +52,11 @@ def worker_env(extra_path: str | None = None, cuda_device: str | None = None, th
     if threads:  # the worker's CPU budget: torch intra-op (EVALHARNESS_THREADS), OpenMP and MKL pools
         for name in ("EVALHARNESS_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             env[name] = str(threads)
+    for name, value in (extra or {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     return env
 
 
@@ -93,7 +101,7 @@ class Worker:
     """One worker process serving jobs in turn (the model stays loaded)."""
 
     def __init__(self, key, python: str, pythonpath: str | None, cuda_device: str | None, threads: int | None,
-                 first_log: Path, argv: list[str] | None = None):
+                 first_log: Path, argv: list[str] | None = None, env: dict | None = None):
         self.key, self.id, self.jobs, self.alive = key, next(_ids), 0, True
         self.record: dict = {}  # the pool's account of this worker (load time, jobs, why it ended)
         self.cuda_device, self.threads = cuda_device, threads
@@ -103,7 +111,8 @@ class Worker:
             argv = argv or [python, "-m", "evalharness.engine.worker", "--serve"]  # another program speaking the same
             self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=log, text=True,
-                                         env=worker_env(pythonpath, cuda_device, threads), start_new_session=True,
+                                         env=worker_env(pythonpath, cuda_device, threads, env),
+                                         start_new_session=True,
                                          preexec_fn=functools.partial(die_with_parent, os.getpid()))
         self._reader = threading.Thread(target=self._pump, daemon=True)
         self._reader.start()

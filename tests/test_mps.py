@@ -1,0 +1,123 @@
+"""--mps (engine/mps.py): one private MPS control daemon per GPU, started with that GPU visible and told to quit at the
+end; workers get its pipe folder and no CUDA_VISIBLE_DEVICES (the setup NVIDIA documents; a client that kept
+CUDA_VISIBLE_DEVICES=1 under a server started on GPU 1 saw no GPU on the H200); bad setups are one usage error; and a
+job that crashes is retried outside MPS. This machine has no NVIDIA driver: a program named like
+nvidia-cuda-mps-control stands in for the daemon, recording how it was started and told to quit."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from evalharness.config import UsageError
+from evalharness.engine.mps import Daemon
+from evalharness.engine.process import worker_env
+
+CONTROL = """#!{python}
+import json, os, sys
+record = {{"argv": sys.argv[1:], "stdin": "" if "-d" in sys.argv else sys.stdin.read(),
+          **{{k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "CUDA_MPS_PIPE_DIRECTORY",
+                                            "CUDA_MPS_LOG_DIRECTORY")}}}}
+with open({log!r}, "a") as f:
+    f.write(json.dumps(record) + "\\n")
+if "-d" in sys.argv and {fail!r}:
+    print("An instance of this daemon is already running", file=sys.stderr)
+    sys.exit(1)
+"""
+
+
+def control(tmp_path: Path, monkeypatch, fail: bool = False) -> Path:
+    """An nvidia-cuda-mps-control on PATH that logs each call (JSON lines) to the returned file."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.jsonl"
+    bin_dir.mkdir()
+    exe = bin_dir / "nvidia-cuda-mps-control"
+    exe.write_text(CONTROL.format(python=sys.executable, log=str(log), fail=fail))
+    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return log
+
+
+def calls(log: Path) -> list[dict]:
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def test_one_daemon_per_gpu_visible_to_it_workers_without_cuda_visible_devices(tmp_path, monkeypatch):
+    log = control(tmp_path, monkeypatch)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")  # as in a stream pinned to one GPU
+    with Daemon(["0", "1", "0"]) as d:
+        started = calls(log)
+        assert [c["argv"] for c in started] == [["-d"], ["-d"]]  # one per distinct GPU
+        assert [c["CUDA_VISIBLE_DEVICES"] for c in started] == ["0", "1"]
+        env1 = worker_env(None, "1", 2, d.worker_env("1"))
+        assert "CUDA_VISIBLE_DEVICES" not in env1  # the server's GPU is the client's
+        assert env1["CUDA_MPS_PIPE_DIRECTORY"] == started[1]["CUDA_MPS_PIPE_DIRECTORY"]
+        assert Path(env1["CUDA_MPS_PIPE_DIRECTORY"]).is_dir()
+        assert d.worker_env("0")["CUDA_MPS_PIPE_DIRECTORY"] != env1["CUDA_MPS_PIPE_DIRECTORY"]
+        folder = Path(env1["CUDA_MPS_PIPE_DIRECTORY"]).parent
+    quits = calls(log)[2:]
+    assert [c["stdin"] for c in quits] == ["quit\n", "quit\n"]
+    assert {c["CUDA_MPS_PIPE_DIRECTORY"] for c in quits} == {c["CUDA_MPS_PIPE_DIRECTORY"] for c in started}
+    assert not folder.exists()
+    # without --devices: one daemon on the invocation's own GPUs (inherited), its workers without the variable
+    log.unlink()
+    with Daemon(None) as d:
+        assert [c["CUDA_VISIBLE_DEVICES"] for c in calls(log)] == ["3"]
+        assert "CUDA_VISIBLE_DEVICES" not in worker_env(None, None, 2, d.worker_env(None))
+    assert "CUDA_VISIBLE_DEVICES" in worker_env(None, None, 2, None)  # without --mps nothing changes
+
+
+def test_a_daemon_that_cannot_start_is_one_usage_error_and_leaves_nothing(tmp_path, monkeypatch):
+    log = control(tmp_path, monkeypatch, fail=True)
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    with pytest.raises(UsageError, match=r"^--mps: nvidia-cuda-mps-control -d exited 1: An instance of this daemon "
+                                         r"is already running$"):
+        Daemon(["0"]).__enter__()
+    assert list((tmp_path / "tmp").iterdir()) == [] and [c["argv"] for c in calls(log)] == [["-d"]]
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    with pytest.raises(UsageError, match="nvidia-cuda-mps-control is not on PATH"):
+        Daemon(None).__enter__()
+
+
+def test_mps_needs_a_gpu(tmp_path):
+    from evalharness.plan import prepare_jobs
+    from evalharness.settings import make
+
+    model = {"path": "fake-model", "gguf_file": None, "dtype": "bf16", "trust_remote_code": False, "label": "fake"}
+    with pytest.raises(UsageError, match="--mps needs a CUDA GPU"):
+        prepare_jobs(make(limit=2, out=tmp_path / "o", mps=True, attns=["sdpa"]), cuda=False, model=model,
+                     probes={"default": {"transformers": "fake", "tuple_graphs": True}},
+                     interpreters={"default": ("python", None)})
+
+
+@pytest.mark.slow
+def test_a_job_that_crashes_under_mps_is_retried_outside_it(tiny_llama, gsm8k_test, tmp_path):
+    """The pool starts its workers with the daemon's environment, but a crashed job's retry in a fresh worker without
+    it: alone in its own CUDA context, its crash is its own."""
+    from evalharness import schedule
+    from evalharness.engine.pool import run_pool
+    from evalharness.plan import prepare_jobs
+    from evalharness.settings import make
+
+    s = make(model=str(tiny_llama), data=str(gsm8k_test), limit=1, fewshot=0, max_new_tokens=2, dtype="fp32",
+             modes=["off"], max_bts=[32], inject=["off=abort"], out=tmp_path / "o", progress=False)
+    p = prepare_jobs(s)
+    seen = []
+
+    def env(device):
+        seen.append(device)
+        return {"EVALHARNESS_MPS_PIPE_TEST": str(tmp_path)}
+
+    results, report = run_pool(p.jobs, schedule.Budget(1, 1, "test"), progress=False, env=env)
+    [result] = results.values()
+    assert result.status == "crash" and result.meta["attempts"] == 2
+    assert [(w["mps"], w["end"]) for w in report.workers] == [(True, "crash"), (False, "crash")]
+    assert seen == [None]  # asked once: for the first attempt only
