@@ -180,6 +180,11 @@ def run_jobs(jobs: list[Job], workers: int | str | None = 1, devices: list[str] 
                 budget, need = budget_for(todo, workers, devices, cuda)
                 held.enter_context(Claim(budget.workers, budget.workers * (need or 0)))
             print(budget.line(), file=sys.stderr, flush=True)
+            from .schedule import mps_hint
+
+            hint = mps_hint(min(budget.workers, len(todo)), len(devices or [None]), cuda, env is not None)
+            if hint:
+                print(hint, file=sys.stderr, flush=True)
             got, pool = run_pool(todo, budget, devices, progress, on_result=store_result, guard=locked,
                                  cached=cached_result, watch=watch, env=env)
         results.update(got)

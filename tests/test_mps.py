@@ -121,3 +121,12 @@ def test_a_job_that_crashes_under_mps_is_retried_outside_it(tiny_llama, gsm8k_te
     assert result.status == "crash" and result.meta["attempts"] == 2
     assert [(w["mps"], w["end"]) for w in report.workers] == [(True, "crash"), (False, "crash")]
     assert seen == [None]  # asked once: for the first attempt only
+
+
+def test_jobs_auto_points_at_mps_only_where_workers_would_time_slice_a_gpu():
+    from evalharness.schedule import mps_hint
+
+    assert "4 workers share 1 GPU(s)" in mps_hint(4, 1, cuda=True, mps=False) and "--mps" in mps_hint(4, 1, True, False)
+    assert mps_hint(4, 1, cuda=True, mps=True) is None  # already on
+    assert mps_hint(2, 2, cuda=True, mps=False) is None  # one worker per GPU: nothing to share
+    assert mps_hint(4, 1, cuda=False, mps=False) is None  # a CPU run
