@@ -5,7 +5,10 @@ forced (`reset-late`), fixed (`sync-reset`) and, on Gemma 3, with async batching
 with the harness's own pure code from the recorded tokens (samples.jsonl.xz: first runs, twins and references;
 extra-runs.jsonl.xz: the --repeat runs and confirmation re-runs, whose keys are recomputed here from the engine
 configuration): the twin comparison, the confirmation re-run (asked for exactly where one run differed), the
-confirmation, the repeat count, and the verdict with its reason and notes. Then the README's conclusions, each from the tokens."""
+confirmation, the repeat count, and the verdict with its reason and notes. Then the README's conclusions, each from the tokens.
+Two device sessions: the first (logs/) forced, fixed on SmolLM2 and switched async off on Gemma 3; the second
+(logs/2026-11-30-0223/) ran the fix on Gemma 3 (gemma-race-fix) and the timing probe at SmolLM2's 640 (smol-race-probe),
+whose per-run patch records (meta.json's "patch", repeats included) are in each folder's patches.json."""
 
 from __future__ import annotations
 
@@ -32,7 +35,8 @@ from test_gpu_evidence import load as evidence
 RACE = REPORTS / "h200-race"
 # each scenario's budgets (reports/h200-session.sh), all with LIMIT=128 questions
 BUDGETS = {"smol-race-force": {256, 384, 640, 768}, "smol-race-fix": {384, 512, 896, 1024},
-           "gemma-race-force": {256, 384, 512}, "gemma-async": {384, 512}}
+           "gemma-race-force": {256, 384, 512}, "gemma-async": {384, 512},
+           "gemma-race-fix": {384, 512}, "smol-race-probe": {640}}
 SMOL_FIRST = 66  # SmolLM2's first scheduled request (prefix sharing sorts the prompts); Gemma 3's is sample 0
 
 
@@ -231,19 +235,25 @@ def test_gemma_forced_race_is_the_recorded_nondeterministic_first_token_and_asyn
                 assert r["token_ids"] == forced[r["max_bt"]]
 
 
-def test_the_patches_fired_in_every_run_they_were_given_to():
-    """The stream log's per-run counters (meta.json "patch", printed by h200-session.sh's `patched`): `reset-late`
-    replayed the reset in every forced run and re-run (and zeroed the KV cache once), never in a twin; `sync-reset`
-    synchronised in every graph run and twin (the async IOs' build and reset), never in `off` (async off there)."""
-    log = (RACE / "logs" / "stream-b.log").read_text()
-    line = re.compile(r"^\s+(\S+)\s+(run|re-run|twin)\s+([0-9a-f]{12})(?: mismatches=\S+)? patch=(\{.*\})$", re.M)
+def _logged_patches(path) -> dict[str, dict[str, tuple]]:
+    """A stream log's per-run patch records (printed by h200-session.sh's `patched` from each first run's, re-run's
+    and twin's meta.json): scenario -> run key -> (cell id, role, patch)."""
+    line = re.compile(r"^\s+(\S+)\s+(run|re-run|twin)\s+([0-9a-f]{12})(?: mismatches=\S+)? patch=(\{.*\})$")
     seen = defaultdict(dict)
     scenario = None
-    for row in log.splitlines():
+    for row in path.read_text().splitlines():
         if m := re.match(r"== \S+ (\S+): evalharness", row):
             scenario = m.group(1)
         elif m := line.match(row):
             seen[scenario][m.group(3)] = (m.group(1), m.group(2), ast.literal_eval(m.group(4)))
+    return seen
+
+
+def test_the_patches_fired_in_every_run_they_were_given_to():
+    """The stream log's per-run counters (meta.json "patch", printed by h200-session.sh's `patched`): `reset-late`
+    replayed the reset in every forced run and re-run (and zeroed the KV cache once), never in a twin; `sync-reset`
+    synchronised in every graph run and twin (the async IOs' build and reset), never in `off` (async off there)."""
+    seen = _logged_patches(RACE / "logs" / "stream-b.log")
     for name in ("smol-race-force", "gemma-race-force"):
         summary = load(name)[0]
         cells = {c["id"]: c for c in summary["cells"]}
@@ -257,3 +267,83 @@ def test_the_patches_fired_in_every_run_they_were_given_to():
     assert {cid for cid, _, _ in seen["smol-race-fix"].values()} == set(fix)
     for cid, role, patch in seen["smol-race-fix"].values():
         assert patch == {"synced": 0 if fix[cid]["mode"] == "off" else 2}
+
+
+SECOND = RACE / "logs" / "2026-11-30-0223"  # the second device session's logs (gemma-race-fix, smol-race-probe)
+
+
+def _patches(scenario: str) -> dict[str, dict]:
+    """A second-session scenario's patches.json (every run's meta.json "patch", --repeat runs included), checked to
+    hold exactly the summary's runs and to agree with what the stream log printed for the first runs and twins."""
+    patches = json.loads((RACE / scenario / "patches.json").read_text())
+    assert set(patches) == set(load(scenario)[0]["runs"])
+    logged = _logged_patches(SECOND / "stream-b.log")[scenario]
+    assert logged
+    for key, (_, _, patch) in logged.items():
+        assert {k: v for k, v in patches[key].items() if k not in ("patch", "targets")} == patch
+    return patches
+
+
+def test_sync_reset_leaves_every_gemma_varlen_run_equal_to_its_twin():
+    """gemma-race-fix (`sync-reset` in every run and twin, --repeat 5, the 8-worker layout of gemma-async): all 10 varlen
+    runs equal their twin on all 128 samples, so both cells PASS with 5 of 5 repeats matching, where gemma-async's
+    unpatched async-on runs differed in 5 of 8 (sample 0, token 0). Sample 0 starts as the twin's ` She` in every
+    fixed run, never as the forced race's ` In`. The patch changes no token by itself: the twins equal
+    gemma-race-force's and gemma-async's (async on) unpatched twins, and the `off` references gemma-race-force's, on all
+    128 samples. It synchronised twice in every varlen run (repeats included) and twin, never in `off` (async off)."""
+    patches = _patches("gemma-race-fix")
+    force, unpatched = load("gemma-race-force")[1], load("gemma-async")[1]
+    fixed = 0
+    for (axes, bt, mode), cell in _cells("gemma-race-fix").items():
+        d = derive("gemma-race-fix", cell)
+        assert d.outcome.verdict == "PASS" and cell["inject"] == "sync-reset"
+        if mode == "off":
+            assert compare_twin(d.run, force[("default", axes, bt, "off", False)]).count == 0
+            assert patches[cell["run"]]["synced"] == 0
+            continue
+        forced = _sample(force[("default", axes, bt, mode, False)], 0)
+        assert compare_twin(d.twin, force[("default", axes, bt, mode, True)]).count == 0
+        assert compare_twin(d.twin, unpatched[("default", f"{axes} async=on", bt, mode, True)]).count == 0
+        assert d.repeats == {"runs": 5, "matched": 5} and len(d.mp.graph_runs) == 5
+        for r in _graph_runs(d):
+            assert compare_twin(r, d.twin).count == 0
+            assert _sample(r, 0)[0] == _sample(d.twin, 0)[0] != forced[0]
+        assert {patches[k]["synced"] for k in [*d.mp.graph_runs, cell["twin"]]} == {2}
+        fixed += len(d.mp.graph_runs)
+    assert fixed == 10
+    hit = 0  # the same cells unpatched (gemma-async, async on): runs that differ from their twin
+    for (axes, bt, mode), cell in _cells("gemma-async").items():
+        if mode != "off" and axes.endswith("async=on") and bt in BUDGETS["gemma-race-fix"]:
+            d = derive("gemma-async", cell)
+            hit += sum(compare_twin(r, d.twin).count > 0 for r in _graph_runs(d))
+    assert hit == 5
+
+
+def test_the_probe_at_640_saw_no_natural_hit_and_times_the_reset_against_the_copy():
+    """smol-race-probe (`reset-probe` in every run and twin, --repeat 3, SmolLM2 at 640, where the forced race did not
+    give SAMPLE66.md's predicted tokens): the 3 decode runs equal their twin on all 128 samples and sample 66 starts as
+    the twin's, not as the forced race's 33 32 30: the race did not fire naturally. The probe changes no token: twin
+    and `off` equal smol-race-force's unpatched ones at 640. Its timings (patches.json): measured in every async run
+    (the 3 decode runs and the twin), not in `off` (async off); in each the reset's writes ended before step 0's H2D
+    copy ended, in 2 of the 4 after the copy began (an overlap with no token changed)."""
+    patches = _patches("smol-race-probe")
+    force = load("smol-race-force")[1]
+    cells = _cells("smol-race-probe")
+    off = derive("smol-race-probe", cells[("attn=torch-flash", 640, "off")])
+    d = derive("smol-race-probe", cells[("attn=torch-flash", 640, "decode")])
+    assert off.outcome.verdict == d.outcome.verdict == "PASS" and d.repeats == {"runs": 3, "matched": 3}
+    key = ("default", "attn=torch-flash", 640)
+    assert compare_twin(d.twin, force[(*key, "decode", True)]).count == 0
+    assert compare_twin(off.run, force[(*key, "off", False)]).count == 0
+    forced = _sample(force[(*key, "decode", False)], SMOL_FIRST)
+    assert len(d.mp.graph_runs) == 3
+    for r in _graph_runs(d):
+        assert compare_twin(r, d.twin).count == 0
+        assert _sample(r, SMOL_FIRST)[0] == _sample(d.twin, SMOL_FIRST)[0] != forced[0]
+    measured = {k: p for k, p in patches.items() if p["measured"]}
+    assert set(measured) == {*d.mp.graph_runs, d.mp.twin} and off.run.key not in measured
+    for p in measured.values():
+        assert p["reset_end_after_h2d_start_ms"] > p["reset_end_after_h2d_end_ms"]  # the copy took time
+        assert p["reset_end_after_h2d_end_ms"] < 0
+    overlap = [k for k, p in measured.items() if p["reset_end_after_h2d_start_ms"] > 0]
+    assert len(overlap) == 2 and d.mp.twin in overlap
