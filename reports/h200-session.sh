@@ -85,7 +85,9 @@ for s in "$@"; do
     gemma-oracle) eh gemma-oracle-constants "${gemma[@]}" "${plat[@]}" --max-bt 384 --graphs off,on,varlen,decode \
                    --oracle constants --cache "$out/runs-oracle" ;;
     # issue 12 (and issue 18's oracle timing): one full verdict timed, its slowest run alone, two at once
-    speed-verdict|speed-solo|speed-concurrent) speed "$s" --out "$out/h200-speed/gemma3-270m" --step "${s#speed-}" ;;
+    # SOLO_REPEAT=N: the slowest run alone N times, its median against the verdict (a solo run is noisy)
+    speed-verdict|speed-solo|speed-concurrent) speed "$s" --out "$out/h200-speed/gemma3-270m" --step "${s#speed-}" \
+                   --solo-repeat "${SOLO_REPEAT:-1}" ;;
     speed-oracle) speed "$s" --oracle constants --out "$out/h200-speed/gemma3-270m-oracle-constants" --step verdict ;;
     # issue 12's experiment: the same verdict and solo run with CUDA MPS (the workers' processes share one GPU context
     # instead of time-slicing it), where this host lets a daemon start
@@ -94,7 +96,8 @@ for s in "$@"; do
     # the harness's own --mps (a private MPS daemon per invocation): the verdict, its slowest run alone (no MPS: one
     # worker) and two verdicts at once (two daemons)
     speed-mps-own) speed speed-mps-own-verdict --mps --out "$out/h200-speed/gemma3-270m-mps-own" --step verdict
-                   speed speed-mps-own-solo --mps --out "$out/h200-speed/gemma3-270m-mps-own" --step solo
+                   speed speed-mps-own-solo --mps --out "$out/h200-speed/gemma3-270m-mps-own" --step solo \
+                     --solo-repeat "${SOLO_REPEAT:-1}"
                    speed speed-mps-own-concurrent --mps --out "$out/h200-speed/gemma3-270m-mps-own" --step concurrent ;;
     speed-mps)   export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
                  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"

@@ -7,6 +7,7 @@
 set -uo pipefail
 out=${1:?OUT_DIR}; a=${2:-}; b=${3:-}
 half=$(( $(nproc) / 2 ))
+[[ -z $b ]] && half=$(nproc)  # one stream (e.g. kind nvidia-h200, one GPU): all the cores, nothing beside it
 mkdir -p "$out"
 stream() {  # stream GPU FIRST_CORE NAME SCENARIOS
   local gpu=$1 lo=$2 name=$3 s; shift 3
