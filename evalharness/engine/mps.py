@@ -3,8 +3,8 @@ time-slicing it.
 
 Without MPS, each worker process has its own CUDA context and the GPU switches between contexts: a worker bound by
 host-side launches (the eager `off` reference, the padded-eager twin) waits for the others' time slices. Measured on
-the H200 (reports/h200-speed/mps/, Gemma 3 270M, 4 workers, a daemon started by hand as this module starts its own):
-the `off` run generated in 112 s beside three others without MPS, 90 s with it (77 s alone).
+the H200 (reports/h200-speed/contention/, Gemma 3 270M, 4 workers, a daemon started by hand as this module starts its
+own): the `off` run generated in 112 s beside three others without MPS, 90 s with it (77 s alone).
 
 The daemons are private: each one's pipe and log folders are a temporary folder passed to the workers only
 (CUDA_MPS_PIPE_DIRECTORY, CUDA_MPS_LOG_DIRECTORY), so other CUDA processes on the machine are not affected, and each is

@@ -2,11 +2,11 @@
 stall retires its worker and the job is retried once in a fresh one, and a status line every 30 s.
 
 Each slot (a thread) owns at most one worker at a time, started from that thread (PR_SET_PDEATHSIG follows the
-forking thread) and pinned to one GPU (--devices, round robin). With `env` (--mps: the MPS daemon's pipe folder) the
-workers' kernels share the GPU through one MPS server; a job retried after a crash runs in a fresh worker without it,
-in a context of its own as without --mps (a GPU fault under MPS reaches every client of that GPU). A slot takes the next job by schedule.next_job: the
+forking thread) and pinned to one GPU (--devices, round robin). A slot takes the next job by schedule.next_job: the
 slowest pending job, preferring one its current worker can serve (same schedule.worker_key); a job with another key
-retires the worker first. Every job keeps its own folder (job.json, results.jsonl, meta.json, worker.log), so
+retires the worker first. With `env` (--mps: mps.Daemon.worker_env) the workers' kernels share each GPU through an
+MPS server; a job retried after a crash runs in a fresh worker without it, in a CUDA context of its own as without
+--mps (a GPU fault under MPS reaches every client of that GPU). Every job keeps its own folder (job.json, results.jsonl, meta.json, worker.log), so
 `collect`, the cache, `--resume` and `merge` see exactly what a one-job worker leaves.
 """
 
