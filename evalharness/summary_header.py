@@ -167,6 +167,9 @@ class WorkerRecord(Record):
     jobs: tuple[str, ...]  # the run keys it ran, in order
     end: str | None  # why it was retired
     mps: bool | None = None  # it ran through the invocation's MPS daemon (--mps); absent in older summaries
+    # "early" or "with its first job": written only by the withdrawn early-workers experiment, whose recordings
+    # (reports/h200-speed/early-workers/, mps-own/) keep it
+    started: str | None = None
     NESTED: ClassVar = {"jobs": tuple}
 
 
