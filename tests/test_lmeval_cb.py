@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,16 +35,65 @@ def model_dir():
         pytest.skip(f"embedded model unavailable: {e}")
 
 
+def _cb_args(folder, gguf) -> str:
+    return f"pretrained={folder},gguf_file={gguf},cuda_graph=off,max_batch_tokens=384,attn=sdpa,progress=false"
+
+
+class Started:
+    """A command started in the background; `result()` waits for it like subprocess.run(capture_output=True)."""
+
+    def __init__(self, cmd: list[str], timeout: float):
+        self.cmd, self.deadline = cmd, time.monotonic() + timeout
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        self._done = None
+
+    def result(self) -> subprocess.CompletedProcess:
+        if self._done is None:
+            out, err = self.proc.communicate(timeout=max(1.0, self.deadline - time.monotonic()))
+            self._done = subprocess.CompletedProcess(self.cmd, self.proc.returncode, out, err)
+        return self._done
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+
 @pytest.fixture(scope="module")
-def lmeval_run(model_dir, tmp_path_factory):
+def started(model_dir, tmp_path_factory):
+    """The module's three engine runs, each its own processes and folders, started side by side: on 2 cores they
+    spend most of their time single-threaded (imports, GGUF tokenizer, lm-eval's dataset), so they overlap well.
+    `lmeval`: lm_eval --model cb on the GSM8K task; `chat`: the same with --apply_chat_template; `task`: the
+    harness's own `evalharness gsm8k --task` run of the same rows, whose tokens test_harness_task_run_matches_lm_eval_cb
+    compares with lmeval's (run_engine workers take no core claim, so the CLI's one worker keeps both threads)."""
     folder, gguf = model_dir
-    out = tmp_path_factory.mktemp("lmeval")
-    cmd = [sys.executable, "-m", "evalharness.lmeval", "--include_path", "tests/tasks", "--tasks", TASK,
-           "--num_fewshot", str(SHOTS), "--model", "cb",
-           "--model_args", f"pretrained={folder},gguf_file={gguf},cuda_graph=off,max_batch_tokens=384,attn=sdpa,"
-                           "progress=false",
-           "--limit", str(LIMIT), "--gen_kwargs", f"max_gen_toks={NEW}", "--log_samples", "--output_path", str(out)]
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    lmeval_out, chat_out = tmp_path_factory.mktemp("lmeval"), tmp_path_factory.mktemp("lmeval-chat")
+    task_out = tmp_path_factory.mktemp("task") / "report"
+    runs = {
+        "lmeval": Started([sys.executable, "-m", "evalharness.lmeval", "--include_path", "tests/tasks", "--tasks",
+                           TASK, "--num_fewshot", str(SHOTS), "--model", "cb", "--model_args", _cb_args(folder, gguf),
+                           "--limit", str(LIMIT), "--gen_kwargs", f"max_gen_toks={NEW}", "--log_samples",
+                           "--output_path", str(lmeval_out)], timeout=600),
+        "chat": Started([sys.executable, "-m", "evalharness.lmeval", "--include_path", "tests/tasks", "--tasks",
+                         "evalharness_gsm8k_chat_local", "--model", "cb", "--apply_chat_template", "--model_args",
+                         _cb_args(folder, gguf), "--limit", "1", "--gen_kwargs", "max_gen_toks=12", "--log_samples",
+                         "--output_path", str(chat_out)], timeout=600),
+        "task": Started([sys.executable, "-m", "evalharness", "gsm8k", "--task", TASK, "--include-path", "tests/tasks",
+                         "--fewshot", str(SHOTS), "--limit", str(LIMIT), "--max-new-tokens", str(NEW), "--graphs",
+                         "off", "--out", str(task_out), "--no-progress",
+                         "--dtype", "bf16"], timeout=600),  # the cb model's default dtype (the CLI's CPU default: fp32)
+    }
+    outs = {"lmeval": lmeval_out, "chat": chat_out, "task": task_out}
+    yield {name: (run, outs[name]) for name, run in runs.items()}
+    for run in runs.values():
+        run.stop()
+
+
+@pytest.fixture(scope="module")
+def lmeval_run(started):
+    run, out = started["lmeval"]
+    proc = run.result()
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     results = json.loads(next(out.rglob("results_*.json")).read_text())
     samples_path = next(out.rglob(f"samples_{TASK}_*.jsonl"))
@@ -82,13 +132,10 @@ def test_harness_scorer_gives_lm_evals_numbers(lmeval_run, monkeypatch):
         assert sum(ours) / len(ours) == pytest.approx(results["results"][TASK][f"exact_match,{name}"])
 
 
-def test_harness_task_run_matches_lm_eval_cb(lmeval_run, tmp_path):
+def test_harness_task_run_matches_lm_eval_cb(lmeval_run, started):
     _, _, samples, samples_path = lmeval_run
-    out = tmp_path / "report"
-    cmd = [sys.executable, "-m", "evalharness", "gsm8k", "--task", TASK, "--include-path", "tests/tasks", "--fewshot", str(SHOTS), "--limit",
-           str(LIMIT), "--max-new-tokens", str(NEW), "--graphs", "off", "--out", str(out), "--no-progress",
-           "--dtype", "bf16"]  # the cb model's default dtype (the CLI's CPU default is fp32)
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    run, out = started["task"]
+    proc = run.result()
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     from evalharness.lmeval_task import TaskSpec
@@ -104,18 +151,13 @@ def test_harness_task_run_matches_lm_eval_cb(lmeval_run, tmp_path):
     assert f"paired samples: {LIMIT}" in cmp.stdout and "flipped: 0" in cmp.stdout
 
 
-def test_lm_eval_cb_applies_the_chat_template(model_dir, tmp_path):
+def test_lm_eval_cb_applies_the_chat_template(started):
     """--apply_chat_template: lm-eval renders the prompt with the model's own chat template (as HFLM does) and the
     `cb` model generates an answer to that conversation."""
-    folder, gguf = model_dir
-    cmd = [sys.executable, "-m", "evalharness.lmeval", "--include_path", "tests/tasks", "--tasks",
-           "evalharness_gsm8k_chat_local", "--model", "cb", "--apply_chat_template",
-           "--model_args", f"pretrained={folder},gguf_file={gguf},cuda_graph=off,max_batch_tokens=384,attn=sdpa,"
-                           "progress=false",
-           "--limit", "1", "--gen_kwargs", "max_gen_toks=12", "--log_samples", "--output_path", str(tmp_path)]
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    run, out = started["chat"]
+    proc = run.result()
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    row = json.loads(next(tmp_path.rglob("samples_evalharness_gsm8k_chat_local_*.jsonl")).read_text().splitlines()[0])
+    row = json.loads(next(out.rglob("samples_evalharness_gsm8k_chat_local_*.jsonl")).read_text().splitlines()[0])
     prompt = row["arguments"]["gen_args_0"]["arg_0"]
     assert prompt.startswith("<|im_start|>") and prompt.rstrip().endswith("<|im_start|>assistant")
     assert "Janet" in prompt and row["resps"][0][0].strip()
