@@ -19,6 +19,10 @@ pytestmark = pytest.mark.slow
 
 LIMIT = 4
 NEW_TOKENS = 12
+# The fault tests' runs: the faulted run and the clean one beside it (its twin, or the other mode's), and in the
+# confirmation round the re-run and its twin's, each pair in two workers of one thread at once (the 2 cores of CI)
+# rather than one after the other; every comparison a verdict makes is between runs of the same invocation.
+SIDE_BY_SIDE = ("--jobs", "2")
 SUMMARY_FIELDS = {"verdict": str, "accuracy": float, "n": int, "failed_requests": int, "tokens_per_s": float,
                   "wall_s": float}
 
@@ -182,7 +186,7 @@ def test_rerun_with_same_folder_reuses_runs(all_modes, tiny_llama, gsm8k_test):
 
 def test_perturbed_engine_is_flagged_stale_graph(tiny_llama, gsm8k_test, tmp_path):
     out = tmp_path / "report"
-    proc = evalharness(tiny_llama, gsm8k_test, out, "--graphs", "on", "--inject", "on=perturb")
+    proc = evalharness(tiny_llama, gsm8k_test, out, "--graphs", "on", "--inject", "on=perturb", *SIDE_BY_SIDE)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     summary, samples = load(out)
     on = summary["modes"]["on"]
@@ -221,7 +225,7 @@ def test_flaky_engine_is_nondeterministic_not_stale(tiny_llama, gsm8k_test, tmp_
     """`flaky` perturbs the first run of a mode only: its re-run (or repeats) equal the twin."""
     out = tmp_path / "report"
     proc = evalharness(tiny_llama, gsm8k_test, out, "--graphs", "on", "--inject", "on=flaky", "--repeat",
-                       str(repeat))
+                       str(repeat), *SIDE_BY_SIDE)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     summary, _ = load(out)
     on = summary["modes"]["on"]
@@ -239,7 +243,8 @@ def test_flaky_engine_is_nondeterministic_not_stale(tiny_llama, gsm8k_test, tmp_
 
 def test_aborted_worker_fails_its_mode_only(tiny_llama, gsm8k_test, tmp_path):
     out = tmp_path / "report"
-    proc = evalharness(tiny_llama, gsm8k_test, out, "--graphs", "off,varlen", "--inject", "off=abort")
+    proc = evalharness(tiny_llama, gsm8k_test, out, "--graphs", "off,varlen", "--inject", "off=abort",
+                       *SIDE_BY_SIDE)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     summary, samples = load(out)
     off, varlen = summary["modes"]["off"], summary["modes"]["varlen"]
