@@ -20,6 +20,9 @@ import pytest
 from evalharness.stats import mcnemar_exact, paired_counts
 
 pytestmark = pytest.mark.slow
+# Two 1-thread workers at once (the 2 cores of CI) for the runs that need several workers (two engines, two attention
+# implementations), rather than one after the other; all the runs compared are of the same invocation.
+SIDE_BY_SIDE = ("--jobs", "2")
 
 
 def run(model: Path, data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -32,7 +35,7 @@ def run(model: Path, data: Path, out: Path, *extra: str) -> subprocess.Completed
 def test_two_engines_side_by_side_with_paired_test_from_the_same_samples(tiny_llama, gsm8k_test, tmp_path):
     out = tmp_path / "ab"
     proc = run(tiny_llama, gsm8k_test, out, "--graphs", "off,on", "--engine", f"main={sys.executable}",
-               "--engine", f"pr={sys.executable}", "--inject", "pr:off=perturb")
+               "--engine", f"pr={sys.executable}", "--inject", "pr:off=perturb", *SIDE_BY_SIDE)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["engines"]) == {"main", "pr"}
@@ -93,7 +96,7 @@ def test_bool_only_engine_skips_varlen_and_decode_with_the_reason(tiny_llama, gs
 def test_engine_axes_make_cells_with_their_own_reference(tiny_llama, gsm8k_test, tmp_path):
     out = tmp_path / "axes"
     proc = run(tiny_llama, gsm8k_test, out, "--graphs", "off,on", "--attn", "sdpa,eager", "--async", "off",
-               "--decode-fast-path", "off")
+               "--decode-fast-path", "off", *SIDE_BY_SIDE)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     axes = {c["axes"] for c in summary["cells"]}
