@@ -231,7 +231,8 @@ def test_one_worker_one_model_load_same_tokens_as_fresh_workers(tiny_llama, gsm8
 @pytest.mark.slow
 def test_a_crash_retires_its_worker_and_the_job_is_retried_in_a_fresh_one(tiny_llama, gsm8k_test, tmp_path):
     out = tmp_path / "crash"
-    proc = cli("gsm8k", *common(tiny_llama, gsm8k_test), "--max-bt", "32", "--inject", "on=abort",
+    # --jobs 2: the clean runs' worker beside the crashing one (two 1-thread workers), not after it
+    proc = cli("gsm8k", *common(tiny_llama, gsm8k_test), "--max-bt", "32", "--inject", "on=abort", "--jobs", "2",
                "--out", str(out))
     assert proc.returncode == 1, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
