@@ -376,4 +376,3 @@ def test_two_invocations_started_together_split_the_cores(tmp_path, monkeypatch)
     assert alone.workers * alone.threads == 8 and second.workers * second.threads < 8
     assert budgets == sorted([(alone.workers, alone.threads), (second.workers, second.threads)]), budgets
     assert not list((tmp_path / "claims").glob("*.json"))  # both claims are gone with their pools
-
