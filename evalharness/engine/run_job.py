@@ -24,7 +24,7 @@ from pathlib import Path
 from ..faults import fault as fault_entry
 from ..results import atomic_write_json
 from . import patches
-from .transformers_cb import build_cb_config, load_model, read_resolved, versions, workload_blocks
+from .transformers_cb import build_cb_config, cb_attention, load_model, read_resolved, versions, workload_blocks
 
 log = logging.getLogger("evalharness.worker")
 
@@ -103,7 +103,7 @@ def _run(job_dir: Path, job: dict, meta: dict, state: WorkerState) -> int:
 
         attn = torch_flash.register()
     elif attn in ("sdpa", "eager"):
-        attn = f"paged|{attn}"
+        attn = cb_attention(attn)
     from ..schedule import patch_key
 
     fault = fault_entry(engine.get("fault"))

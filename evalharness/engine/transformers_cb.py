@@ -70,6 +70,25 @@ def _tuple_graphs(config_cls) -> bool:
     return field is not None and "tuple" in str(field.type)
 
 
+def picks_attention() -> bool:
+    """Whether this transformers' CB engine takes its attention from `auto_switch_to_flash` (5.19+): there `sdpa` is a
+    CB implementation as it stands and `paged|sdpa` a deprecated alias (stripped with a FutureWarning; "removed in
+    v5.23"), and the engine switches sdpa and eager to a flash kernel when one is installed unless told not to.
+    Before 5.19 only `paged|...` names keep the chosen implementation."""
+    import dataclasses
+
+    from transformers import ContinuousBatchingConfig
+
+    return "auto_switch_to_flash" in {f.name for f in dataclasses.fields(ContinuousBatchingConfig)}
+
+
+def cb_attention(attn: str) -> str:
+    """The attn_implementation that makes the CB engine run `attn` (sdpa or eager) and nothing else."""
+    if attn == "sdpa" and picks_attention():
+        return "sdpa"
+    return f"paged|{attn}"
+
+
 def build_cb_config(engine: dict, version: str, num_blocks: int | None = None):
     """Build ContinuousBatchingConfig from the fields this transformers build has; report what it cannot express."""
     import dataclasses
@@ -84,6 +103,8 @@ def build_cb_config(engine: dict, version: str, num_blocks: int | None = None):
         return None, (f"transformers {version} takes only a bool use_cuda_graph: graphs on one path only "
                       "(varlen or decode) cannot be expressed")
     kwargs["use_cuda_graph"] = (gv, gd) if tuple_ok else gv
+    if "auto_switch_to_flash" in fields:  # the run's attention is --attn's, never swapped for an installed flash kernel
+        kwargs["auto_switch_to_flash"] = False
     if num_blocks and "num_blocks" in fields:
         kwargs["num_blocks"] = num_blocks
     if engine.get("use_async") is not None and "use_async_batching" in fields:
