@@ -67,9 +67,10 @@ def test_decode_fast_path_runs_our_kernel_and_matches_paged_sdpa(engine, monkeyp
     from transformers.generation.continuous_batching import continuous_api
 
     from evalharness.engine import patches
+    from evalharness.engine.transformers_cb import cb_attention
 
     name, run, calls = engine
-    reference = run("paged|sdpa")
+    reference = run(cb_attention("sdpa"))
     assert not calls
     got = run(name)
     assert calls, "the engine never took the decode fast path"

@@ -137,7 +137,10 @@ def install() -> str:
     AttentionInterface.register(f"paged|{NAME}", paged)
     ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, ALL_MASK_ATTENTION_FUNCTIONS["flash_attention_2"])
     ALL_MASK_ATTENTION_FUNCTIONS.register(f"paged|{NAME}", ALL_MASK_ATTENTION_FUNCTIONS["flash_attention_2"])
-    return f"paged|{NAME}"
+    from .transformers_cb import picks_attention
+
+    # 5.19+ takes a flash implementation by its name (`paged|` is a deprecated alias it strips); before, `paged|NAME`
+    return NAME if picks_attention() else f"paged|{NAME}"
 
 
 def register() -> str:
