@@ -70,16 +70,21 @@ def _tuple_graphs(config_cls) -> bool:
     return field is not None and "tuple" in str(field.type)
 
 
+def cb_fields() -> frozenset[str]:
+    """The fields of this transformers' ContinuousBatchingConfig: what a run can ask of its engine."""
+    import dataclasses
+
+    from transformers import ContinuousBatchingConfig
+
+    return frozenset(f.name for f in dataclasses.fields(ContinuousBatchingConfig))
+
+
 def picks_attention() -> bool:
     """Whether this transformers' CB engine takes its attention from `auto_switch_to_flash` (5.19+): there `sdpa` is a
     CB implementation as it stands and `paged|sdpa` a deprecated alias (stripped with a FutureWarning; "removed in
     v5.23"), and the engine switches sdpa and eager to a flash kernel when one is installed unless told not to.
     Before 5.19 only `paged|...` names keep the chosen implementation."""
-    import dataclasses
-
-    from transformers import ContinuousBatchingConfig
-
-    return "auto_switch_to_flash" in {f.name for f in dataclasses.fields(ContinuousBatchingConfig)}
+    return "auto_switch_to_flash" in cb_fields()
 
 
 def cb_attention(attn: str) -> str:
@@ -91,11 +96,9 @@ def cb_attention(attn: str) -> str:
 
 def build_cb_config(engine: dict, version: str, num_blocks: int | None = None):
     """Build ContinuousBatchingConfig from the fields this transformers build has; report what it cannot express."""
-    import dataclasses
-
     from transformers import ContinuousBatchingConfig
 
-    fields = {f.name for f in dataclasses.fields(ContinuousBatchingConfig)}
+    fields = cb_fields()
     gv, gd = engine["cuda_graph"]
     kwargs = {"max_batch_tokens": engine["max_bt"]}
     tuple_ok = _tuple_graphs(ContinuousBatchingConfig)
@@ -168,12 +171,9 @@ def decode_path(model: dict) -> dict:
 def probe(model: dict | None = None) -> dict:
     """What this interpreter's transformers can express: read by the parent before planning (`--probe`). Given the
     model, also whether it can have the decode fast path (`decode_path`)."""
-    import dataclasses
-
     from transformers import ContinuousBatchingConfig
 
-    fields = sorted(f.name for f in dataclasses.fields(ContinuousBatchingConfig))
-    out = {**versions(), "tuple_graphs": _tuple_graphs(ContinuousBatchingConfig), "cb_fields": fields}
+    out = {**versions(), "tuple_graphs": _tuple_graphs(ContinuousBatchingConfig), "cb_fields": sorted(cb_fields())}
     if model is not None:
         out["decode_path"] = decode_path(model)
     return out
