@@ -38,18 +38,18 @@ class Daemon:
     without --devices); a UsageError (one line) if one cannot start. `d.worker_env(device)` is what the environment of
     a worker pinned to `device` needs (None values: variables to unset)."""
 
-    def __init__(self, devices: list[str] | None = None, control: str = CONTROL):
+    def __init__(self, devices: list[str] | None = None):
         self.devices = list(dict.fromkeys(devices)) if devices else [None]
-        self.control, self.exe, self.folder = control, None, None
+        self.exe, self.folder = None, None
         self.pipes: dict[str | None, dict] = {}
 
     def worker_env(self, device: str | None) -> dict:
         return {**self.pipes[device], "CUDA_VISIBLE_DEVICES": None}
 
     def __enter__(self) -> Daemon:
-        self.exe = shutil.which(self.control)
+        self.exe = shutil.which(CONTROL)
         if self.exe is None:
-            raise UsageError(f"--mps: {self.control} is not on PATH (CUDA MPS comes with the NVIDIA driver)")
+            raise UsageError(f"--mps: {CONTROL} is not on PATH (CUDA MPS comes with the NVIDIA driver)")
         self.folder = Path(tempfile.mkdtemp(prefix="evalharness-mps-"))
         try:
             for i, device in enumerate(self.devices):
@@ -70,10 +70,10 @@ class Daemon:
         try:
             started = subprocess.run([self.exe, "-d"], env=env, capture_output=True, text=True, timeout=60)
         except (OSError, subprocess.TimeoutExpired) as e:
-            raise UsageError(f"--mps: {self.control} -d did not start ({e})")
+            raise UsageError(f"--mps: {CONTROL} -d did not start ({e})")
         if started.returncode != 0:
             why = (started.stderr or started.stdout).strip().splitlines()
-            raise UsageError(f"--mps: {self.control} -d exited {started.returncode}{': ' + why[-1] if why else ''}")
+            raise UsageError(f"--mps: {CONTROL} -d exited {started.returncode}{': ' + why[-1] if why else ''}")
         self.pipes[device] = pipes
 
     def __exit__(self, *exc) -> None:
