@@ -120,3 +120,97 @@ def test_unknown_and_unsupported_tasks():
 
     with pytest.raises(UsageError, match="an lm-eval tag"):
         TaskSpec("evalharness_local", include_path=[str(REPO / "tests" / "tasks")])
+
+
+@pytest.mark.parametrize("style", ["cot", "fewshot"])
+def test_compiled_templates_render_and_score_what_lm_eval_does(style):
+    """Planning, targets() and score() render lm-eval's Jinja fields through templates compiled once
+    (lmeval_task.compiled_once): the same prompts, targets, filtered answers and scores as lm-eval's own rendering of
+    the same docs, which compiles each template per call (outside the block)."""
+    from lm_eval import utils
+
+    from evalharness.lmeval_task import FEWSHOT_SEED, TaskSpec, _template
+
+    original = utils.apply_template
+    _template.cache_clear()
+    spec = TaskSpec(prompt=style, limit=6)
+    built = _template.cache_info()
+    assert built.misses >= 1 and built.hits >= len(spec.prompts)  # the prompts were rendered through the cache
+    assert utils.apply_template is original  # everything below renders as lm-eval alone does
+    task, docs = spec.task, [inst.doc for inst in spec.instances]
+    task.set_fewshot_seed(seed=FEWSHOT_SEED)  # the shots lm-eval drew while planning, drawn again in doc order
+    prompts = [task.fewshot_context(doc, num_fewshot=spec.num_fewshot, gen_prefix=task.doc_to_prefix(doc))
+               for doc in docs]
+    assert spec.prompts == prompts and len(set(prompts)) == len(docs)
+    assert all(p.endswith(task.doc_to_text(doc)) for p, doc in zip(spec.prompts, docs))
+    assert spec.num_fewshot > 0 and all(len(p) > len(task.doc_to_text(doc)) for p, doc in zip(prompts, docs))  # shots
+    targets = [str(task.doc_to_target(doc)) for doc in docs]
+    before = _template.cache_info()
+    assert spec.targets() == targets
+    assert _template.cache_info().hits >= before.hits + len(docs) - 1
+
+    # half right (the gold answer in the task's answer formats), half wrong, one without a number
+    gold = [t.split("####")[-1].strip() for t in targets]
+    texts = [f"So it is {g}. The answer is {g}.\n#### {g}" if i % 2 == 0 else
+             f"So it is {g}1. The answer is {g}1.\n#### {g}1" for i, g in enumerate(gold)]
+    texts[-1] = "I do not know."
+    for inst, text in zip(spec.instances, texts):
+        inst.resps, inst.filtered_resps = [spec.cut(text)], {}
+    task.apply_filters()
+    answers = [{name: str(inst.filtered_resps[name]) for name in spec.filters} for inst in spec.instances]
+    correct = [{name: float(task.process_results(inst.doc, [inst.filtered_resps[name]])[spec.metric]) >= 1.0
+                for name in spec.filters} for inst in spec.instances]
+    assert utils.apply_template is original
+    before = _template.cache_info()
+    scored = spec.score(texts)
+    assert [s.answers for s in scored] == answers and [s.correct for s in scored] == correct
+    assert {v for c in correct for v in c.values()} == {True, False}
+    assert _template.cache_info().hits > before.hits  # the metric rendered the targets through the cache
+
+
+def test_compiled_once_restores_lm_eval_and_compiles_each_template_once(monkeypatch):
+    """Inside compiled_once lm-eval's apply_template renders through templates compiled once per distinct string,
+    in lm-eval's own Jinja environment; after the block (also one left by an exception) it is lm-eval's function
+    again; a nested block changes nothing."""
+    from collections import Counter
+
+    from lm_eval import utils
+
+    from evalharness.lmeval_task import TaskSpec, _template, compiled_once
+
+    original = utils.apply_template
+    with compiled_once():
+        patched = utils.apply_template
+        assert patched is not original
+        doc = {"a": "x", "b": [1, 2]}
+        template = "{{ a | regex_replace('x', 'y') }}{{ b | length }}"  # one of lm-eval's own filters
+        assert patched(template, doc) == original(template, doc) == "y2"
+        with compiled_once():
+            assert utils.apply_template is patched
+        assert utils.apply_template is patched  # the nested block's exit did not restore lm-eval's early
+    assert utils.apply_template is original
+    with pytest.raises(KeyError, match="inside"):
+        with compiled_once():
+            assert utils.apply_template is not original
+            raise KeyError("inside")
+    assert utils.apply_template is original
+
+    spec = TaskSpec(prompt="cot", limit=20)
+    compiled = Counter()
+    compile_ = utils.env.from_string
+
+    def counting(source, *args, **kwargs):  # lm-eval's compilation, counted per template string
+        compiled[source] += 1
+        return compile_(source, *args, **kwargs)
+
+    monkeypatch.setattr(utils.env, "from_string", counting)
+    _template.cache_clear()
+    targets = spec.targets()
+    first = _template.cache_info()
+    assert len(targets) == 20 and len(set(targets)) > 1
+    assert compiled == Counter({spec.task.config.doc_to_target: 1})  # one template, compiled once for 20 docs
+    assert first.misses == 1 and first.hits == 19
+    assert spec.targets() == targets
+    again = _template.cache_info()
+    assert again.misses == first.misses and again.hits == first.hits + 20 and sum(compiled.values()) == 1
+    assert utils.apply_template is original
