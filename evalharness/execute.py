@@ -156,13 +156,14 @@ def run_one(job: Job, engine: Engine, progress: bool = True, retries: int = 1) -
 
 def run_jobs(jobs: list[Job], workers: int | str | None = 1, devices: list[str] | None = None, progress: bool = True,
              cuda: bool = False, report: dict | None = None, watch=None,
-             engine: Engine | None = None, env=None) -> dict[str, RunResult]:
+             engine: Engine | None = None, env=None, hint: bool = True) -> dict[str, RunResult]:
     """Run the jobs not already cached on a pool of reused workers (engine/pool.py); with `devices`, every worker
     gets one GPU (CUDA_VISIBLE_DEVICES), round robin, so several workers may share a large GPU. Prints the chosen
     worker count and thread budget in one line; `report` receives the pool's account (workers, model loads);
     `watch` (--fail-fast, failfast.FailFast.check) names the runs to stop as results come in; `env(device)` adds to
-    each worker's environment (--mps: mps.Daemon.worker_env). Given an `engine`, each job runs through it instead, one
-    at a time in this process (run_one)."""
+    each worker's environment (--mps: mps.Daemon.worker_env); `hint`: whether to print schedule.mps_hint's line (once
+    per invocation: not for confirmation rounds). Given an `engine`, each job runs through it instead, one at a time
+    in this process (run_one)."""
     import sys
 
     from .engine.pool import run_pool
@@ -182,9 +183,9 @@ def run_jobs(jobs: list[Job], workers: int | str | None = 1, devices: list[str] 
             print(budget.line(), file=sys.stderr, flush=True)
             from .schedule import mps_hint
 
-            hint = mps_hint(min(budget.workers, len(todo)), len(devices or [None]), cuda, env is not None)
-            if hint:
-                print(hint, file=sys.stderr, flush=True)
+            line = hint and mps_hint(min(budget.workers, len(todo)), len(devices or [None]), cuda, env is not None)
+            if line:
+                print(line, file=sys.stderr, flush=True)
             got, pool = run_pool(todo, budget, devices, progress, on_result=store_result, guard=locked,
                                  cached=cached_result, watch=watch, env=env)
         results.update(got)

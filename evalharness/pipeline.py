@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import history
 from .config import Plan
-from .execute import Engine, run_jobs
+from .execute import Engine, cached_result, run_jobs
 from .html_report import write_html
 from .lmeval_task import TaskSpec
 from .confirm import reruns_needed
@@ -68,11 +68,18 @@ def evaluate(s: Settings, on_start=None, engine: Engine | None = None, **given) 
         watch = FailFast(p.plan, p.jobs).check
     run = s.execution
     with contextlib.ExitStack() as stack:
-        env = None
-        if run.mps and engine is None:  # the workers' kernels share each GPU through an MPS daemon (engine/mps.py)
-            from .engine.mps import Daemon
+        mps: list = []
 
-            env = stack.enter_context(Daemon(run.devices)).worker_env
+        def env_for(jobs: list) -> object:
+            """--mps: the workers' kernels share each GPU through MPS daemons (engine/mps.py), started before the
+            first round that has a job to run (none for a run whose jobs are all cached) and quit at the end."""
+            if run.mps and engine is None and not mps and any(cached_result(j) is None for j in jobs):
+                from .engine.mps import Daemon
+
+                mps.append(stack.enter_context(Daemon(run.devices)).worker_env)
+            return mps[0] if mps else None
+
+        env = env_for(p.jobs)
         t_jobs = time.monotonic()
         preload = threading.Thread(target=import_for_reports, name="evalharness-preload", daemon=True)
         preload.start()
@@ -85,7 +92,7 @@ def evaluate(s: Settings, on_start=None, engine: Engine | None = None, **given) 
                 p.jobs.extend(jobs)
                 more: dict = {}
                 results.update(run_jobs(jobs, workers=run.jobs, devices=run.devices, progress=run.progress,
-                                        cuda=p.cuda, engine=engine, report=more, env=env))
+                                        cuda=p.cuda, engine=engine, report=more, env=env_for(jobs), hint=False))
                 if more and pool:  # the re-runs' workers and model loads count too
                     pool["processes"] += more["processes"]
                     pool["model_loads"] += more["model_loads"]

@@ -130,3 +130,24 @@ def test_jobs_auto_points_at_mps_only_where_workers_would_time_slice_a_gpu():
     assert mps_hint(4, 1, cuda=True, mps=True) is None  # already on
     assert mps_hint(2, 2, cuda=True, mps=False) is None  # one worker per GPU: nothing to share
     assert mps_hint(4, 1, cuda=False, mps=False) is None  # a CPU run
+
+
+@pytest.mark.slow
+def test_the_daemon_starts_only_for_jobs_to_run_and_quits(tiny_llama, gsm8k_test, tmp_path, monkeypatch):
+    """`gsm8k --mps` through the pipeline: the first invocation has a job to run, so one daemon starts before it and
+    is told to quit after it, and its worker records `mps`; the same invocation again finds every run cached and
+    starts no daemon at all. (The plan is made as for a GPU; the worker runs `off` on this CPU all the same.)"""
+    from evalharness.pipeline import evaluate
+    from evalharness.settings import make
+
+    log = control(tmp_path, monkeypatch)
+    s = make(model=str(tiny_llama), data=str(gsm8k_test), limit=1, fewshot=0, max_new_tokens=2, dtype="fp32",
+             modes=["off"], max_bts=[32], attns=["sdpa"], out=tmp_path / "o", progress=False, mps=True, jobs=1)
+    first = evaluate(s, cuda=True)
+    assert [c["argv"] or c["stdin"].strip() for c in calls(log)] == [["-d"], "quit"]
+    pool = json.loads((tmp_path / "o" / "summary.json").read_text())["pool"]
+    assert [w["mps"] for w in pool["processes"]] == [True]
+    log.unlink()
+    again = evaluate(s, cuda=True)
+    assert not log.exists() and again.results.keys() == first.results.keys()
+    assert [r.samples for r in again.results.values()] == [r.samples for r in first.results.values()]
