@@ -18,12 +18,17 @@
    stays without (alone, it shares the GPU with nobody).
 3. With --concurrent: two invocations of the same verdict started together, each into its own folder; each one's
    wall against 1. Target: each <= 1.5 x 1.
+4. `--step pairs --rounds N`: N rounds of a verdict (1.) followed at once by its slowest run alone (2.), so that
+   each ratio compares two runs minutes apart on the same host. A shared host's speed drifts: the same job alone
+   generated in 53-109 s across the recorded leases (reports/h200-speed/README.md), so a ratio of a verdict and a
+   solo run from different moments says more about the drift than about the harness. `pairs`: each round's
+   {"verdict", "wall_s", "solo_s", "ratio", ...}, and `pair_ratios` ({"median", "min", "max"}).
 
 verdict-speed.json: wall_s, slowest_solo_s, ratio, jobs, workers, threads_per_worker, model_loads, timeouts, runs
 (each {"run", "wall_s", "load_s", "generate_s", "worker", "attempts", "status"}), budget (the pool's one line),
 gguf_cache (what the workers reported), phases (the invocation's prepare_s / jobs_s / confirm_s), mps, cache_build_s,
 cold_cache, prepare (the preparing load's report), command, device; with --concurrent also concurrent ({"walls",
-"ratios"}).
+"ratios"}); with --step pairs also pairs and pair_ratios (4.), the first round's verdict giving the keys of 1.
 
     python benchmarks/gpu_verdict.py --model /tmp/models --gguf-file gemma-3-270m-q4_k_m.gguf \\
         --data /tmp/data/test.jsonl --attn torch-flash --out reports/h200-speed/gemma3-270m [--concurrent]
@@ -98,6 +103,34 @@ def verdict(a, out: Path) -> tuple[list[str], int, float]:
     return cmd, rc, wall
 
 
+def timed_verdict(a, folder: Path, prepared: dict) -> dict:
+    """1.: one verdict into the fresh `folder`, timed: the keys of verdict-speed.json that describe it."""
+    cmd, rc, wall = verdict(a, folder)
+    summary = json.loads((folder / "summary.json").read_text())
+    rows = runs_of(summary)
+    slowest = max(rows, key=lambda r: r["wall_s"] or 0.0)
+    pool = summary.get("pool") or {}
+    log = (folder.parent / f"{folder.name}.log").read_text()
+    return {
+        "wall_s": wall, "slowest_solo_s": None, "ratio": None,
+        "target": "wall_s <= 1.3 x slowest_solo_s, timeouts 0, model_loads <= workers",
+        "slowest_run": slowest["run"], "slowest_key": slowest["key"], "slowest_job_wall_s": slowest["wall_s"],
+        "jobs": len(rows), "workers": pool.get("workers"), "threads_per_worker": pool.get("threads_per_worker"),
+        "worker_processes": len(pool.get("processes") or []), "model_loads": pool.get("model_loads"),
+        "timeouts": sum(r["status"] == "timeout" for r in rows), "runs": rows,
+        "budget": next((line for line in log.splitlines() if " worker(s) x " in line), None),
+        "verdicts": {m: c["verdict"] for m, c in summary["modes"].items()}, "exit_code": rc,
+        "gguf_cache": sorted({json.dumps(json.loads((d / "result.json").read_text())["meta"].get("worker", {})
+                                         .get("gguf_cache")) for d in (folder / "runs").iterdir()
+                              if (d / "result.json").exists()}),
+        "status_lines": sum(1 for line in log.splitlines() if line.startswith("evalharness: status:")),
+        "phases": pool.get("phases"),  # the invocation's prepare / jobs / confirmation seconds
+        "mps": a.mps,
+        **prepared,
+        "command": shlex.join(cmd), "benchmark": shlex.join([sys.executable, *sys.argv]), "device": device(),
+    }
+
+
 def runs_of(summary: dict) -> list[dict]:
     rows = []
     for key, r in summary["runs"].items():
@@ -154,11 +187,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrent", action="store_true", help="also two invocations at once, each against solo")
     p.add_argument("--solo-repeat", type=int, default=1,
                    help="run the slowest run alone N times; slowest_solo_s is their median (on a shared H200 host the "
-                   "same job alone generated in 53-95 s across four runs: reports/h200-speed/README.md)")
-    p.add_argument("--step", choices=("all", "verdict", "solo", "concurrent"), default="all",
+                   "same job alone generated in 53-109 s across the recorded leases: reports/h200-speed/README.md)")
+    p.add_argument("--step", choices=("all", "verdict", "solo", "concurrent", "pairs"), default="all",
                    help="one part only (each fits a 10-minute slot): verdict writes verdict-speed.json, solo and "
-                   "concurrent add to it (same --out and settings)")
+                   "concurrent add to it (same --out and settings); pairs: --rounds verdicts, each followed by its "
+                   "slowest run alone (writes verdict-speed.json)")
+    p.add_argument("--rounds", type=int, default=3, help="--step pairs: how many (verdict, solo) rounds")
     a = p.parse_args(argv)
+    if a.rounds < 1 or a.solo_repeat < 1:
+        p.error("--rounds and --solo-repeat must be >= 1")
 
     a.out.mkdir(parents=True, exist_ok=True)
     path = a.out / "verdict-speed.json"
@@ -166,33 +203,26 @@ def main(argv: list[str] | None = None) -> int:
     result = json.loads(path.read_text()) if a.step in ("solo", "concurrent") and path.exists() else {}
     if a.step in ("solo", "concurrent") and not result:
         raise SystemExit(f"{path}: run --step verdict first")
+    if a.step == "pairs":
+        prepared = prepare(a, a.out / f"prepare-{stamp}.log")
+        rounds = []
+        for i in range(a.rounds):
+            suffix = f"-{i}" if i else ""
+            one = timed_verdict(a, a.out / f"verdict-{stamp}{suffix}", prepared if not i else {})
+            one["solo_s"] = solo(a, one["slowest_key"], a.out / f"solo-{stamp}{suffix}")
+            rounds.append(one)
+        result = rounds[0]
+        pairs = [{"verdict": Path(r["command"].split("--out ")[1].split()[0]).name, "wall_s": r["wall_s"],
+                  "solo_s": r["solo_s"], "ratio": r["wall_s"] / r["solo_s"], "slowest_key": r["slowest_key"],
+                  "timeouts": r["timeouts"], "verdicts": r["verdicts"]} for r in rounds]
+        ratios = [r["ratio"] for r in pairs]
+        result.pop("solo_s")
+        result.update(pairs=pairs, pair_ratios={"median": statistics.median(ratios), "min": min(ratios),
+                                                "max": max(ratios)},
+                      solo_runs_s=[r["solo_s"] for r in pairs], slowest_solo_s=pairs[0]["solo_s"],
+                      ratio=pairs[0]["ratio"])
     if a.step in ("all", "verdict"):
-        prepared = prepare(a, a.out / f"prepare-{stamp}.log")  # not timed: a nightly's cache persists
-        folder = a.out / f"verdict-{stamp}"
-        cmd, rc, wall = verdict(a, folder)
-        summary = json.loads((folder / "summary.json").read_text())
-        rows = runs_of(summary)
-        slowest = max(rows, key=lambda r: r["wall_s"] or 0.0)
-        pool = summary.get("pool") or {}
-        log = (a.out / f"verdict-{stamp}.log").read_text()
-        result = {
-            "wall_s": wall, "slowest_solo_s": None, "ratio": None,
-            "target": "wall_s <= 1.3 x slowest_solo_s, timeouts 0, model_loads <= workers",
-            "slowest_run": slowest["run"], "slowest_key": slowest["key"], "slowest_job_wall_s": slowest["wall_s"],
-            "jobs": len(rows), "workers": pool.get("workers"), "threads_per_worker": pool.get("threads_per_worker"),
-            "worker_processes": len(pool.get("processes") or []), "model_loads": pool.get("model_loads"),
-            "timeouts": sum(r["status"] == "timeout" for r in rows), "runs": rows,
-            "budget": next((line for line in log.splitlines() if " worker(s) x " in line), None),
-            "verdicts": {m: c["verdict"] for m, c in summary["modes"].items()}, "exit_code": rc,
-            "gguf_cache": sorted({json.dumps(json.loads((d / "result.json").read_text())["meta"].get("worker", {})
-                                             .get("gguf_cache")) for d in (folder / "runs").iterdir()
-                                  if (d / "result.json").exists()}),
-            "status_lines": sum(1 for line in log.splitlines() if line.startswith("evalharness: status:")),
-            "phases": pool.get("phases"),  # the invocation's prepare / jobs / confirmation seconds
-            "mps": a.mps,
-            **prepared,
-            "command": shlex.join(cmd), "benchmark": shlex.join([sys.executable, *sys.argv]), "device": device(),
-        }
+        result = timed_verdict(a, a.out / f"verdict-{stamp}", prepare(a, a.out / f"prepare-{stamp}.log"))
     if a.step in ("all", "solo"):
         walls = [solo(a, result["slowest_key"], a.out / (f"solo-{stamp}" + (f"-{i}" if i else "")))
                  for i in range(a.solo_repeat)]

@@ -145,6 +145,18 @@ def abort(_timeout_hint_s: float) -> None:
     os.kill(os.getpid(), signal.SIGABRT)
 
 
+def gpu_fault(_timeout_hint_s: float) -> None:
+    """The worker's GPU faults: an illegal memory access (engine/gpu_fault.py), as a stale graph's can. On a machine
+    without CUDA the job fails with that reason instead."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("the gpu-fault fault needs a CUDA GPU (it makes the GPU fault)")
+    from .engine.gpu_fault import fault
+
+    fault()
+
+
 def hang(timeout_hint_s: float) -> None:
     """The worker sleeps past its timeout."""
     time.sleep(max(3600.0, 10 * timeout_hint_s))
@@ -187,6 +199,10 @@ FAULTS: dict[str, Fault] = {
               about="perturb in a mode's first run only: a non-deterministic engine on any device"),
         Fault("abort", patches_twin=False, after_first_result=abort,
               about="the worker aborts (SIGABRT) after the first finished request"),
+        Fault("gpu-fault", patches_twin=False, after_first_result=gpu_fault,
+              about="the worker's GPU faults (a kernel writes far outside its buffer: an illegal memory access, as a "
+              "stale graph's can) after the first finished request; CUDA only (under --mps it reaches every worker "
+              "of that GPU)"),
         Fault("hang", patches_twin=False, after_first_result=hang,
               about="the worker sleeps past its timeout after the first finished request"),
         # transformers' async-batching reset race (engine/reset_race.py). reset-late is not given to the twin: the

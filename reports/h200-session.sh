@@ -99,6 +99,15 @@ for s in "$@"; do
                    speed speed-mps-own-solo --mps --out "$out/h200-speed/gemma3-270m-mps-own" --step solo \
                      --solo-repeat "${SOLO_REPEAT:-1}"
                    speed speed-mps-own-concurrent --mps --out "$out/h200-speed/gemma3-270m-mps-own" --step concurrent ;;
+    # next: each verdict timed right before its own solo run (--step pairs; ROUNDS rounds), plain and with --mps
+    speed-pairs) speed speed-pairs --out "$out/h200-speed/gemma3-270m-pairs" --step pairs --rounds "${ROUNDS:-2}" ;;
+    speed-pairs-mps) speed speed-pairs-mps --mps --out "$out/h200-speed/gemma3-270m-pairs-mps" --step pairs \
+                   --rounds "${ROUNDS:-2}" ;;
+    # a GPU fault (illegal memory access) in the varlen worker, beside `off` and the twin on the same GPU: without and
+    # with --mps (under MPS the fault reaches every worker of the GPU; the pool retries crashed jobs outside MPS)
+    gpu-fault)   eh gemma-gpu-fault "${gemma[@]}" "${plat[@]}" --max-bt 384 --graphs off,varlen --inject varlen=gpu-fault ;;
+    mps-fault)   eh gemma-mps-fault "${gemma[@]}" "${plat[@]}" --max-bt 384 --graphs off,varlen --inject varlen=gpu-fault \
+                   --mps ;;
     speed-mps)   export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
                  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
                  if nvidia-cuda-mps-control -d; then

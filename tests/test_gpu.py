@@ -203,3 +203,31 @@ def test_reset_race_forced_corrupts_the_first_request_and_the_fix_leaves_the_run
     differs = [i for i, (a, b) in enumerate(zip(clean, forced)) if a.shape != b.shape or not torch.allclose(a, b)]
     assert any(i >= 1 for i in differs), "the forced race left every step after step 1 unchanged"
     assert all(a.shape == b.shape and torch.allclose(a, b) for a, b in zip(clean, fixed))
+
+
+@pytest.mark.parametrize("mps", [False, True], ids=["plain", "mps"])
+def test_a_gpu_fault_fails_its_own_cell_only(mps, tiny_llama, gsm8k_test, tmp_path):
+    """`--inject varlen=gpu-fault`: the varlen worker's GPU faults (an illegal memory access) after its first request.
+    Its cell is FAIL; `off` and the varlen twin, running beside it on the same GPU, finish and are not blamed. Under
+    `--mps` the fault reaches every worker of that GPU: the pool retries each crashed job outside MPS, where the fault
+    is again the varlen job's own (the evidence `--mps` waits for before it can be the default)."""
+    import json
+    import shutil
+
+    from evalharness.pipeline import evaluate
+    from evalharness.settings import make
+
+    if mps and shutil.which("nvidia-cuda-mps-control") is None:
+        pytest.skip("no nvidia-cuda-mps-control on this machine")
+    s = make(model=str(tiny_llama), data=str(gsm8k_test), limit=6, fewshot=0, max_new_tokens=16, dtype="bf16",
+             modes=["off", "varlen"], max_bts=[64], attns=["torch-flash"], inject=["varlen=gpu-fault"],
+             out=tmp_path / "o", progress=False, mps=mps, jobs=3)
+    ev = evaluate(s)
+    verdicts = {o.mode: o.verdict.value for o in ev.outcomes}
+    assert verdicts["varlen"] == "FAIL" and verdicts["off"] != "FAIL", verdicts
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    runs = {r["served"][0]: r for r in summary["runs"].values()}
+    assert runs["off"]["status"] == runs["varlen twin"]["status"] == "ok", runs
+    assert runs["varlen"]["status"] != "ok"
+    workers = summary["pool"]["processes"]
+    assert all(w["mps"] is mps for w in workers[:3])  # the first three workers: the pool's, under MPS if asked
