@@ -25,7 +25,8 @@
    {"verdict", "wall_s", "solo_s", "ratio", ...}, and `pair_ratios` ({"median", "min", "max"}).
 
 verdict-speed.json: wall_s, slowest_solo_s, ratio, jobs, workers, threads_per_worker, model_loads, timeouts, runs
-(each {"run", "wall_s", "load_s", "generate_s", "worker", "attempts", "status"}), budget (the pool's one line),
+(each {"run", "wall_s", "load_s", "generate_s", "worker", "attempts", "status"}, and "timings" where the
+worker reported them: worker_start_s, imports_s, setup_s, finish_s), budget (the pool's one line),
 gguf_cache (what the workers reported), phases (the invocation's prepare_s / jobs_s / confirm_s), mps, cache_build_s,
 cold_cache, prepare (the preparing load's report), command, device; with --concurrent also concurrent ({"walls",
 "ratios"}); with --step pairs also pairs and pair_ratios (4.), the first round's verdict giving the keys of 1.
@@ -136,7 +137,8 @@ def runs_of(summary: dict) -> list[dict]:
     for key, r in summary["runs"].items():
         rows.append({"run": f"{key} [{', '.join(r['served'])}] {r['config']}", "key": key,
                      "wall_s": r.get("job_wall_s"), "load_s": r.get("load_s"), "generate_s": r.get("generate_s"),
-                     "worker": r.get("worker_pid"), "attempts": r.get("attempts"), "status": r["status"]})
+                     "worker": r.get("worker_pid"), "attempts": r.get("attempts"), "status": r["status"],
+                     **({"timings": r["timings"]} if r.get("timings") else {})})
     return rows
 
 

@@ -124,7 +124,8 @@ def _run_row(key: str, cfg, r: RunResult, plan: Plan, folder: Path | None) -> Ru
                   notes=tuple(r.meta.get("notes", [])), **_run_figures(r),
                   # the worker's side: its whole time on this job, the model load it paid (0: reused), which one
                   job_wall_s=r.meta.get("wall_s"), load_s=r.meta.get("load_s"), generate_s=r.meta.get("generate_s"),
-                  worker_pid=(r.meta.get("worker") or {}).get("pid"), attempts=r.meta.get("attempts"))
+                  worker_pid=(r.meta.get("worker") or {}).get("pid"), attempts=r.meta.get("attempts"),
+                  timings=r.meta.get("timings") or {})
 
 
 def build_summary(s: Settings, task: TaskSpec, data_label: str, model: dict, plan: Plan,

@@ -126,6 +126,9 @@ class RunRow(Record):
     generate_s: float | None = None
     worker_pid: int | None = None
     attempts: int | None = None
+    # the worker's account of the rest of job_wall_s (meta.json "timings": worker_start_s, imports_s, setup_s,
+    # finish_s); empty in older summaries
+    timings: dict = field(default_factory=dict)
     NESTED: ClassVar = {"served": tuple, "notes": tuple}
 
 

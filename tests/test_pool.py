@@ -209,6 +209,14 @@ def test_one_worker_one_model_load_same_tokens_as_fresh_workers(tiny_llama, gsm8
     # slowest first: the padded twins ran before the off runs
     order = pool["processes"][0]["jobs"]
     assert [summary["runs"][k]["engine"]["force_padding"] for k in order] == [True, True, False, False]
+    # each job's worker-side account of its time: the worker's start-up on its first job only, and with load and
+    # generation inside the job's wall as the parent measured it
+    for i, k in enumerate(order):
+        r = summary["runs"][k]
+        t = r["timings"]
+        assert (t["worker_start_s"] is not None) is (i == 0) and t["worker_start_s"] != 0
+        parts = [t["imports_s"], t["setup_s"], r["load_s"], r["generate_s"], t["finish_s"], t["worker_start_s"] or 0]
+        assert all(x >= 0 for x in parts) and sum(parts) <= r["job_wall_s"]
     # the jobs that ran on a reused worker, each against a fresh worker of its own (the first job ran on a fresh
     # worker, right after its one model load, as a fresh worker would: the model load they all share is checked by
     # the three others). The fresh workers are independent processes: started side by side, not one after another.

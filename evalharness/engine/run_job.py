@@ -42,6 +42,9 @@ def emit(line: str) -> None:
 
 BEAT_EVERY_S = 2.0
 _last_beat = [0.0]
+# when this module was imported: a worker imports it first thing (worker.py), so a worker's first job can say how long
+# the process took to be ready for it (its torch import included)
+IMPORTED = time.monotonic()
 
 
 def beat() -> None:
@@ -87,11 +90,18 @@ def _run(job_dir: Path, job: dict, meta: dict, state: WorkerState) -> int:
     engine, model_spec = job["engine"], job["model"]
     results_path = job_dir / "results.jsonl"
     t_start = time.perf_counter()
+    # where the job's time goes besides load_s and generate_s (meta.json "timings", seconds): worker_start_s (the
+    # worker's first job only: from importing this module to this job), imports_s, setup_s (patches, the CB config),
+    # finish_s (after generate_batch: reading back, meta.json)
+    timings: dict = {"worker_start_s": round(time.monotonic() - IMPORTED, 3) if not state.jobs else None}
+    meta["timings"] = timings
 
     import torch
     import transformers
     from transformers import GenerationConfig
     from transformers.generation.continuous_batching import continuous_api
+
+    timings["imports_s"] = round(time.perf_counter() - t_start, 3)
 
     meta["versions"] = versions()
     version = transformers.__version__
@@ -157,6 +167,7 @@ def _run(job_dir: Path, job: dict, meta: dict, state: WorkerState) -> int:
     model_key = json.dumps([model_spec, attn], sort_keys=True)
     reused = state.model_key == model_key
     t0 = time.perf_counter()
+    timings["setup_s"] = round(t0 - t_start - timings["imports_s"], 3)
     if not reused:
         state.lm = state.tokenizer = None
         state.lm, state.tokenizer = load_model(model_spec, attn)
@@ -245,6 +256,7 @@ def _run(job_dir: Path, job: dict, meta: dict, state: WorkerState) -> int:
         if job_patch is not None:
             job_patch.remove()
     meta["generate_s"] = time.perf_counter() - t0
+    t_generated = time.perf_counter()
     meta["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
     meta["resolved"] = read_resolved(seen["manager"])
     meta["notes"] += padding_notes
@@ -260,6 +272,7 @@ def _run(job_dir: Path, job: dict, meta: dict, state: WorkerState) -> int:
         meta["stale_constants"] = constants.to_json()
     meta["prompt_tokens_max"] = max((len(x) for x in inputs), default=0)
     meta["total_s"] = time.perf_counter() - t_start
+    timings["finish_s"] = round(time.perf_counter() - t_generated, 3)
     meta["status"] = "done"
     atomic_write_json(job_dir / "meta.json", meta)
     seen["manager"] = None
