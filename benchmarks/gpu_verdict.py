@@ -25,11 +25,12 @@
    {"verdict", "wall_s", "solo_s", "ratio", ...}, and `pair_ratios` ({"median", "min", "max"}).
 
 verdict-speed.json: wall_s, slowest_solo_s, ratio, jobs, workers, threads_per_worker, model_loads, timeouts, runs
-(each {"run", "wall_s", "load_s", "generate_s", "worker", "attempts", "status"}, and "timings" where the
-worker reported them: worker_start_s, imports_s, setup_s, finish_s), budget (the pool's one line),
-gguf_cache (what the workers reported), phases (the invocation's prepare_s / jobs_s / confirm_s), mps, cache_build_s,
-cold_cache, prepare (the preparing load's report), command, device; with --concurrent also concurrent ({"walls",
-"ratios"}); with --step pairs also pairs and pair_ratios (4.), the first round's verdict giving the keys of 1.
+(each {"run", "wall_s", "load_s", "generate_s", "worker", "attempts", "status"}, and "timings" where the worker
+reported them: worker_start_s, imports_s, setup_s, finish_s), budget (the pool's one line), gguf_cache (what the
+workers reported), phases (the invocation's prepare_s / jobs_s / confirm_s), planning (prepare_s by step), mps,
+cache_build_s, cold_cache, prepare (the preparing load's report), command, device; with --concurrent also concurrent
+({"walls", "ratios"}); with --step pairs also pairs and pair_ratios (4.), the first round's verdict giving the keys
+of 1.
 
     python benchmarks/gpu_verdict.py --model /tmp/models --gguf-file gemma-3-270m-q4_k_m.gguf \\
         --data /tmp/data/test.jsonl --attn torch-flash --out reports/h200-speed/gemma3-270m [--concurrent]
@@ -126,6 +127,7 @@ def timed_verdict(a, folder: Path, prepared: dict) -> dict:
                               if (d / "result.json").exists()}),
         "status_lines": sum(1 for line in log.splitlines() if line.startswith("evalharness: status:")),
         "phases": pool.get("phases"),  # the invocation's prepare / jobs / confirmation seconds
+        "planning": pool.get("prepare"),  # prepare_s by step: task_s, cuda_s, probes_s, plan_s (newer summaries)
         "mps": a.mps,
         **prepared,
         "command": shlex.join(cmd), "benchmark": shlex.join([sys.executable, *sys.argv]), "device": device(),

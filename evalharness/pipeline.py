@@ -102,6 +102,7 @@ def evaluate(s: Settings, on_start=None, engine: Engine | None = None, **given) 
     if pool:  # where the invocation's time went, for benchmarks/gpu_verdict.py (the pool's own account)
         pool["phases"] = {"prepare_s": round(t_jobs - t0, 2), "jobs_s": round(t_confirm - t_jobs, 2),
                           "confirm_s": round(time.monotonic() - t_confirm, 2)}
+        pool["prepare"] = p.timings  # prepare_s by step: task_s, cuda_s, probes_s, plan_s
     return finish(p, results, pool=pool)
 
 

@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import models
@@ -94,6 +94,8 @@ class Prepared:
     timeout_s: float
     out: Path
     jobs: list[Job]
+    # seconds of prepare_jobs' steps: task_s (settings, model, task and prompts), cuda_s, probes_s, plan_s
+    timings: dict = field(default_factory=dict)
 
 
 def default_out() -> Path:
@@ -139,10 +141,13 @@ def prepare_jobs(s: Settings, cuda: bool | None = None, model: dict | None = Non
     check_folder(out, "--out")  # before the model is fetched (minutes on a fresh machine), creating nothing yet
     if s.execution.cache is not None:
         check_folder(s.execution.cache, "--cache")
+    marks = [time.monotonic()]
     s, source, task, model, injections = prepare(s, model)
+    marks.append(time.monotonic())
     mx = s.matrix
     attns = mx.attns
     caps = Capabilities(cuda=detect_cuda() if cuda is None else cuda, attn=attns[0])
+    marks.append(time.monotonic())
     if "torch-flash" in attns and not caps.cuda:
         raise UsageError("--attn torch-flash needs a CUDA GPU (PyTorch's FlashAttention varlen kernel); use --attn "
                          "sdpa on CPU")
@@ -150,6 +155,7 @@ def prepare_jobs(s: Settings, cuda: bool | None = None, model: dict | None = Non
         raise UsageError("--mps needs a CUDA GPU (it shares each GPU between the workers' processes)")
     interpreters = interpreters or {name: engine_interpreter(path) for name, path in mx.engines.items()}
     probes = probes or probe_engines(mx.engines, interpreters, models.engine_spec(model))
+    marks.append(time.monotonic())
     plan = plan_runs(mx.modes, mx.max_bts, caps, injections, engines=list(mx.engines),
                      axes=axes_matrix(attns, mx.asyncs, mx.compiles, mx.fast_paths), audit=mx.audit,
                      repeat=s.verdict.repeat, oracle=s.verdict.oracle)
@@ -163,8 +169,10 @@ def prepare_jobs(s: Settings, cuda: bool | None = None, model: dict | None = Non
     timeout = s.execution.timeout_s
     stall = default_limits(caps.cuda).stall_s  # x3 with --compile: a first step may compile for minutes
 
+    marks.append(time.monotonic())
+    timings = {name: round(b - a, 2) for name, a, b in zip(("task_s", "cuda_s", "probes_s", "plan_s"), marks, marks[1:])}
     p = Prepared(s, saved, source, task, model, plan, unsupported, probes, interpreters, caps.cuda, fingerprint,
-                 timeout, out, [])
+                 timeout, out, [], timings)
     p.jobs = [make_job(p, key, cfg, stall) for key, cfg in plan.runs.items() if key in needed]
     return p
 

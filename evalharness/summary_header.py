@@ -189,6 +189,8 @@ class PoolRecord(Record):
     # probes, plan) before the first job starts, "jobs_s" the first round of jobs, "confirm_s" the confirmation
     # re-runs; the rest (scores, reports) follows. Absent in summaries written before it.
     phases: dict | None = None
+    # prepare_s by step (plan.Prepared.timings): "task_s", "cuda_s", "probes_s", "plan_s"; absent in older summaries
+    prepare: dict | None = None
     NESTED: ClassVar = {"processes": ("list", WorkerRecord)}
 
 

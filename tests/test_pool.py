@@ -203,6 +203,9 @@ def test_one_worker_one_model_load_same_tokens_as_fresh_workers(tiny_llama, gsm8
     # where the time went: before the first job (plan, probes), the jobs, no confirmation round (a clean run)
     phases = pool["phases"]
     assert phases["prepare_s"] > 0 and phases["jobs_s"] > pool["processes"][0]["load_s"] and phases["confirm_s"] < 1
+    steps = pool["prepare"]  # the planning by step, within its phase
+    assert set(steps) == {"task_s", "cuda_s", "probes_s", "plan_s"} and steps["task_s"] > 0 and steps["probes_s"] > 0
+    assert sum(steps.values()) <= phases["prepare_s"] + 0.05
     assert "1 worker process(es), 1 model load(s)" in (out / "report.md").read_text()
     loads = sorted(r["load_s"] for r in summary["runs"].values())
     assert loads[0] == 0 and loads[-1] > 0 and sum(x > 0 for x in loads) == 1
