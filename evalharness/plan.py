@@ -170,7 +170,8 @@ def prepare_jobs(s: Settings, cuda: bool | None = None, model: dict | None = Non
     stall = default_limits(caps.cuda).stall_s  # x3 with --compile: a first step may compile for minutes
 
     marks.append(time.monotonic())
-    timings = {name: round(b - a, 2) for name, a, b in zip(("task_s", "cuda_s", "probes_s", "plan_s"), marks, marks[1:])}
+    steps = ("task_s", "cuda_s", "probes_s", "plan_s")
+    timings = {name: round(b - a, 2) for name, a, b in zip(steps, marks, marks[1:])}
     p = Prepared(s, saved, source, task, model, plan, unsupported, probes, interpreters, caps.cuda, fingerprint,
                  timeout, out, [], timings)
     p.jobs = [make_job(p, key, cfg, stall) for key, cfg in plan.runs.items() if key in needed]
