@@ -156,14 +156,15 @@ def run_one(job: Job, engine: Engine, progress: bool = True, retries: int = 1) -
 
 def run_jobs(jobs: list[Job], workers: int | str | None = 1, devices: list[str] | None = None, progress: bool = True,
              cuda: bool = False, report: dict | None = None, watch=None,
-             engine: Engine | None = None, env=None, hint: bool = True) -> dict[str, RunResult]:
+             engine: Engine | None = None, env=None, hint: bool = True, idle=None) -> dict[str, RunResult]:
     """Run the jobs not already cached on a pool of reused workers (engine/pool.py); with `devices`, every worker
     gets one GPU (CUDA_VISIBLE_DEVICES), round robin, so several workers may share a large GPU. Prints the chosen
     worker count and thread budget in one line; `report` receives the pool's account (workers, model loads);
     `watch` (--fail-fast, failfast.FailFast.check) names the runs to stop as results come in; `env(device)` adds to
     each worker's environment (--mps: mps.Daemon.worker_env); `hint`: whether to print schedule.mps_hint's line (once
-    per invocation: not for confirmation rounds). Given an `engine`, each job runs through it instead, one at a time
-    in this process (run_one)."""
+    per invocation: not for confirmation rounds); `idle()`: the parent's own work, done once in this thread while
+    the workers run (pool.Pool.idle). Given an `engine`, each job runs through it instead, one at a time in this
+    process (run_one)."""
     import sys
 
     from .engine.pool import run_pool
@@ -187,7 +188,7 @@ def run_jobs(jobs: list[Job], workers: int | str | None = 1, devices: list[str] 
             if line:
                 print(line, file=sys.stderr, flush=True)
             got, pool = run_pool(todo, budget, devices, progress, on_result=store_result, guard=locked,
-                                 cached=cached_result, watch=watch, env=env)
+                                 cached=cached_result, watch=watch, env=env, idle=idle)
         results.update(got)
         if report is not None:
             report.update(pool.to_json())

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,10 +80,8 @@ def evaluate(s: Settings, on_start=None, engine: Engine | None = None, **given) 
 
         env = env_for(p.jobs)
         t_jobs = time.monotonic()
-        preload = threading.Thread(target=import_for_reports, name="evalharness-preload", daemon=True)
-        preload.start()
         results = run_jobs(p.jobs, workers=run.jobs, devices=run.devices, progress=run.progress, cuda=p.cuda,
-                           report=pool, watch=watch, engine=engine, env=env)
+                           report=pool, watch=watch, engine=engine, env=env, idle=import_for_reports)
         t_confirm = time.monotonic()
         if s.verdict.confirm:  # confirmation re-runs (of graph runs and of their twins) until confirm.py needs no more
             while extra := reruns_needed(p.plan, results):
@@ -98,7 +95,6 @@ def evaluate(s: Settings, on_start=None, engine: Engine | None = None, **given) 
                     pool["model_loads"] += more["model_loads"]
                 elif more:
                     pool.update(more)
-    preload.join()
     if pool:  # where the invocation's time went, for benchmarks/gpu_verdict.py (the pool's own account)
         pool["phases"] = {"prepare_s": round(t_jobs - t0, 2), "jobs_s": round(t_confirm - t_jobs, 2),
                           "confirm_s": round(time.monotonic() - t_confirm, 2)}
@@ -112,9 +108,10 @@ REPORT_IMPORTS = ("scipy.stats", "matplotlib.figure", "matplotlib.backends.backe
 
 
 def import_for_reports() -> None:
-    """Import what scoring and the reports need while the workers run: the parent only waits for them then, and
-    these seconds would otherwise come after the slowest job, on the verdict's critical path. An import that fails
-    here fails again, with its error, where it is used."""
+    """Import what scoring and the reports need while the workers run (the pool calls it once, in the main thread,
+    while it waits for them): these seconds would otherwise come after the slowest job, on the verdict's critical
+    path. Not in a thread of its own: a Ctrl-C once went unanswered beside such a thread (the cause not found), and
+    the main thread is idle then anyway. An import that fails here fails again, with its error, where it is used."""
     for name in REPORT_IMPORTS:
         with contextlib.suppress(Exception):
             importlib.import_module(name)

@@ -5,10 +5,6 @@ end-to-end tests (test_e2e_cpu.py, test_sweep.py) check that the real engine plu
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -125,53 +121,3 @@ def test_crashed_sweep_cells_fail_others_come_from_the_cache(tmp_path, right):
     assert len(failed) == 2
     md = (tmp_path / "abort" / "report" / "report.md").read_text()
     assert "| 32 | on [abort] | **FAIL** |" in md and "## FAIL details" in md and "sigabrt" in md
-
-
-# In a fresh interpreter: a fake engine whose jobs wait (60 s at most) until every REPORT_IMPORTS module is imported,
-# noting what was imported when planning ended (on_start) and whether all of them came while its job ran.
-PRELOAD_SCRIPT = """
-import json, sys, time
-from pathlib import Path
-from evalharness.fake_engine import FakeEngine
-from evalharness.pipeline import REPORT_IMPORTS, evaluate
-from evalharness.settings import make
-
-MODEL, PROBES = json.loads(sys.argv[2]), json.loads(sys.argv[3])
-imported = lambda: [m for m in REPORT_IMPORTS if m in sys.modules]
-
-
-class WaitingEngine(FakeEngine):
-    seen = []
-
-    def __call__(self, job, progress=True):
-        deadline = time.monotonic() + 60
-        while len(imported()) < len(REPORT_IMPORTS) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        self.seen.append(imported())
-        return super().__call__(job, progress)
-
-
-before, planned = imported(), []
-s = make(data=None, limit=4, fewshot=0, modes=["off"], max_new_tokens=32, out=Path(sys.argv[1]), progress=False)
-ev = evaluate(s, on_start=lambda: planned.extend(imported()), engine=WaitingEngine(), cuda=False, model=MODEL,
-              probes=PROBES)
-print(json.dumps({"before": before, "planned": planned, "seen": WaitingEngine.seen,
-                  "verdicts": [o.verdict for o in ev.outcomes]}))
-"""
-
-
-def test_report_modules_are_imported_while_the_jobs_run(tmp_path):
-    """evaluate() imports what scoring and the reports need (pipeline.REPORT_IMPORTS) in the background while the
-    jobs run: in a fresh process, where planning left them unimported, they are all imported before a job returns."""
-    from evalharness.pipeline import REPORT_IMPORTS
-
-    repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(repo)}
-    proc = subprocess.run([sys.executable, "-c", PRELOAD_SCRIPT, str(tmp_path / "report"), json.dumps(MODEL),
-                           json.dumps(PROBES)], capture_output=True, text=True, timeout=300, cwd=repo, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert got["before"] == []  # a fresh interpreter: nothing of it imported yet
-    assert len(got["planned"]) < len(REPORT_IMPORTS)  # nor by planning: the jobs' wait can only end by the preload
-    assert got["seen"] and all(seen == list(REPORT_IMPORTS) for seen in got["seen"])
-    assert got["verdicts"] and (tmp_path / "report" / "report.html").is_file()

@@ -240,6 +240,40 @@ def test_one_worker_one_model_load_same_tokens_as_fresh_workers(tiny_llama, gsm8
 
 
 @pytest.mark.slow
+def test_the_parents_idle_work_runs_once_in_its_main_thread_while_the_workers_run(tiny_llama, gsm8k_test, tmp_path):
+    """`idle` (the parent's own work that needs no job: evaluate() passes pipeline.import_for_reports, the imports
+    of scoring and the reports) runs once, in the main thread, before the last job finishes; with one slot the main
+    thread runs the jobs itself and it is not called. The imports it does for evaluate() are real."""
+    import threading
+    import time
+
+    from evalharness.engine.pool import run_pool
+    from evalharness.pipeline import REPORT_IMPORTS, import_for_reports
+    from evalharness.plan import prepare_jobs
+    from evalharness.settings import make
+
+    def jobs(out: str):
+        s = make(model=str(tiny_llama), data=str(gsm8k_test), limit=1, fewshot=0, max_new_tokens=2, dtype="fp32",
+                 modes=["off", "on"], max_bts=[32], out=tmp_path / out, progress=False)
+        return prepare_jobs(s).jobs  # `off` and the padded twin
+
+    calls, finished = [], []
+
+    def idle():
+        calls.append((threading.current_thread() is threading.main_thread(), time.monotonic()))
+
+    results, _ = run_pool(jobs("two"), schedule.Budget(2, 1, "test"), progress=False, idle=idle,
+                          on_result=lambda job, result: finished.append(time.monotonic()))
+    assert len(results) == 2 and all(r.status == "ok" for r in results.values())
+    assert len(calls) == 1 and calls[0][0] and calls[0][1] < max(finished)
+    calls.clear()
+    run_pool(jobs("one"), schedule.Budget(1, 1, "test"), progress=False, idle=idle)
+    assert calls == []
+    import_for_reports()
+    assert all(name in sys.modules for name in REPORT_IMPORTS)
+
+
+@pytest.mark.slow
 def test_a_crash_retires_its_worker_and_the_job_is_retried_in_a_fresh_one(tiny_llama, gsm8k_test, tmp_path):
     out = tmp_path / "crash"
     # --jobs 2: the clean runs' worker beside the crashing one (two 1-thread workers), not after it

@@ -51,7 +51,7 @@ class Pool:
                  status_every_s: float = STATUS_EVERY_S, stream=None, guard=None,
                  cached: Callable[[Job], RunResult | None] | None = None,
                  watch: Callable[[str, bool], set[str]] | None = None,
-                 env: Callable[[str | None], dict] | None = None):
+                 env: Callable[[str | None], dict] | None = None, idle: Callable[[], None] | None = None):
         self.pending = critical_path_order(jobs)
         self.budget, self.devices, self.progress, self.retries = budget, devices, progress, retries
         self.on_result = on_result or (lambda job, result: None)
@@ -72,6 +72,9 @@ class Pool:
         # --fail-fast: watch(job key, finished) -> run keys to stop (failfast.FailFast.check)
         self.watch = watch
         self.env = env  # --mps: mps.Daemon.worker_env
+        # called once, in this (the main) thread, while the workers run: the parent's own work that can wait for no
+        # job (pipeline.import_for_reports); with one slot the main thread runs the jobs itself and it is not called
+        self.idle = idle
 
     # --- the run ---------------------------------------------------------------------------------------------
     def run(self) -> dict[str, RunResult]:
@@ -86,9 +89,13 @@ class Pool:
                 threads = [threading.Thread(target=self._slot, args=(i,), daemon=True) for i in range(slots)]
                 for t in threads:
                     t.start()
+                idle = self.idle
                 for t in threads:
                     while t.is_alive():  # a join with a timeout lets Ctrl-C through
                         t.join(timeout=0.5)
+                        if idle is not None and t.is_alive():
+                            idle, work = None, idle
+                            work()
         finally:
             stop.set()
             ticker.join(timeout=2)
@@ -225,6 +232,8 @@ def run_pool(jobs: list[Job], budget: Budget, devices: list[str] | None = None, 
              on_result: Callable[[Job, RunResult], None] | None = None, guard=None,
              cached: Callable[[Job], RunResult | None] | None = None,
              watch: Callable[[str, bool], set[str]] | None = None,
-             env: Callable[[str | None], dict] | None = None) -> tuple[dict[str, RunResult], PoolReport]:
-    pool = Pool(jobs, budget, devices, progress, on_result, guard=guard, cached=cached, watch=watch, env=env)
+             env: Callable[[str | None], dict] | None = None,
+             idle: Callable[[], None] | None = None) -> tuple[dict[str, RunResult], PoolReport]:
+    pool = Pool(jobs, budget, devices, progress, on_result, guard=guard, cached=cached, watch=watch, env=env,
+                idle=idle)
     return pool.run(), pool.report
