@@ -110,8 +110,8 @@ REPORT_IMPORTS = ("scipy.stats", "matplotlib.figure", "matplotlib.backends.backe
 def import_for_reports() -> None:
     """Import what scoring and the reports need while the workers run (the pool calls it once, in the main thread,
     while it waits for them): these seconds would otherwise come after the slowest job, on the verdict's critical
-    path. Not in a thread of its own: a Ctrl-C once went unanswered beside such a thread (the cause not found), and
-    the main thread is idle then anyway. An import that fails here fails again, with its error, where it is used."""
+    path. In the main thread, which is idle then anyway, rather than in a thread of its own. An import that fails here
+    fails again, with its error, where it is used."""
     for name in REPORT_IMPORTS:
         with contextlib.suppress(Exception):
             importlib.import_module(name)

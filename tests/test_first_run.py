@@ -37,10 +37,13 @@ def test_cpu_defaults_line_and_report_paths(tiny_llama, gsm8k_test, tmp_path):
 
 
 def test_ctrl_c_names_the_folder_to_resume(tiny_llama, gsm8k_test, tmp_path):
+    # Ctrl-C as at a terminal: SIGINT at its default in the run (a test session started in the background of a shell
+    # without job control inherits it ignored, and Python then leaves it ignored: the run would finish unbothered)
     proc = subprocess.Popen([sys.executable, "-m", "evalharness", "gsm8k", "--model", str(tiny_llama), "--data",
                              str(gsm8k_test), "--fewshot", "0", "--max-bt", "128", "--graphs", "off",
                              "--no-progress", "--limit", "50", "--max-new-tokens", "200"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while not list(tmp_path.glob("reports/*/runs/*/worker.log")) and time.monotonic() < deadline:
         time.sleep(0.5)
