@@ -160,8 +160,10 @@ def run_jobs(jobs: list[Job], workers: int | str | None = 1, devices: list[str] 
     """Run the jobs not already cached on a pool of reused workers (engine/pool.py); with `devices`, every worker
     gets one GPU (CUDA_VISIBLE_DEVICES), round robin, so several workers may share a large GPU. Prints the chosen
     worker count and thread budget in one line; `report` receives the pool's account (workers, model loads);
-    `watch` (--fail-fast, failfast.FailFast.check) names the runs to stop as results come in; `env(device)` adds to
-    each worker's environment (--mps: mps.Daemon.worker_env); `hint`: whether to print schedule.mps_hint's line (once
+    `watch` (--fail-fast, failfast.FailFast.check) names the runs to stop as results come in; `env()` is called once
+    there are jobs for the pool, and returns what adds to each worker's environment, `worker_env(device)` (--mps:
+    the MPS daemons start then, so a run whose jobs are all cached starts none); `hint`: whether to print
+    schedule.mps_hint's line (once
     per invocation: not for confirmation rounds); `idle()`: the parent's own work, done once in this thread while
     the workers run (pool.Pool.idle). Given an `engine`, each job runs through it instead, one at a time in this
     process (run_one)."""
@@ -177,6 +179,7 @@ def run_jobs(jobs: list[Job], workers: int | str | None = 1, devices: list[str] 
         from .locking import locked
         from .sizing import Claim, claiming
 
+        worker_env = env() if env is not None else None
         with contextlib.ExitStack() as held:
             with claiming():  # others' claims -> budget -> our claim, one invocation at a time
                 budget, need = budget_for(todo, workers, devices, cuda)
@@ -188,7 +191,7 @@ def run_jobs(jobs: list[Job], workers: int | str | None = 1, devices: list[str] 
             if line:
                 print(line, file=sys.stderr, flush=True)
             got, pool = run_pool(todo, budget, devices, progress, on_result=store_result, guard=locked,
-                                 cached=cached_result, watch=watch, env=env, idle=idle)
+                                 cached=cached_result, watch=watch, env=worker_env, idle=idle)
         results.update(got)
         if report is not None:
             report.update(pool.to_json())

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import history
 from .config import Plan
-from .execute import Engine, cached_result, run_jobs
+from .execute import Engine, run_jobs
 from .html_report import write_html
 from .lmeval_task import TaskSpec
 from .confirm import reruns_needed
@@ -69,16 +69,17 @@ def evaluate(s: Settings, on_start=None, engine: Engine | None = None, **given) 
     with contextlib.ExitStack() as stack:
         mps: list = []
 
-        def env_for(jobs: list) -> object:
-            """--mps: the workers' kernels share each GPU through MPS daemons (engine/mps.py), started before the
-            first round that has a job to run (none for a run whose jobs are all cached) and quit at the end."""
-            if run.mps and engine is None and not mps and any(cached_result(j) is None for j in jobs):
+        def mps_env():
+            """--mps: the workers' kernels share each GPU through MPS daemons (engine/mps.py), started by run_jobs
+            before the first round that has a job for the pool (none for a run whose jobs are all cached), once, and
+            quit at the end."""
+            if not mps:
                 from .engine.mps import Daemon
 
                 mps.append(stack.enter_context(Daemon(run.devices)).worker_env)
-            return mps[0] if mps else None
+            return mps[0]
 
-        env = env_for(p.jobs)
+        env = mps_env if run.mps else None
         t_jobs = time.monotonic()
         results = run_jobs(p.jobs, workers=run.jobs, devices=run.devices, progress=run.progress, cuda=p.cuda,
                            report=pool, watch=watch, engine=engine, env=env, idle=import_for_reports)
@@ -89,7 +90,7 @@ def evaluate(s: Settings, on_start=None, engine: Engine | None = None, **given) 
                 p.jobs.extend(jobs)
                 more: dict = {}
                 results.update(run_jobs(jobs, workers=run.jobs, devices=run.devices, progress=run.progress,
-                                        cuda=p.cuda, engine=engine, report=more, env=env_for(jobs), hint=False))
+                                        cuda=p.cuda, engine=engine, report=more, env=env, hint=False))
                 if more and pool:  # the re-runs' workers and model loads count too
                     pool["processes"] += more["processes"]
                     pool["model_loads"] += more["model_loads"]
