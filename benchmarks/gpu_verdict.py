@@ -208,25 +208,25 @@ def main(argv: list[str] | None = None) -> int:
     if a.step in ("solo", "concurrent") and not result:
         raise SystemExit(f"{path}: run --step verdict first")
     if a.step == "pairs":
-        prepared = prepare(a, a.out / f"prepare-{stamp}.log")
-        rounds = []
+        prepared = prepare(a, a.out / f"prepare-{stamp}.log")  # not timed: a nightly's cache persists
+        pairs = []
         for i in range(a.rounds):
             suffix = f"-{i}" if i else ""
-            one = timed_verdict(a, a.out / f"verdict-{stamp}{suffix}", prepared if not i else {})
-            one["solo_s"] = solo(a, one["slowest_key"], a.out / f"solo-{stamp}{suffix}")
-            rounds.append(one)
-        result = rounds[0]
-        pairs = [{"verdict": Path(r["command"].split("--out ")[1].split()[0]).name, "wall_s": r["wall_s"],
-                  "solo_s": r["solo_s"], "ratio": r["wall_s"] / r["solo_s"], "slowest_key": r["slowest_key"],
-                  "timeouts": r["timeouts"], "verdicts": r["verdicts"]} for r in rounds]
+            folder = a.out / f"verdict-{stamp}{suffix}"
+            one = timed_verdict(a, folder, prepared if not i else {})
+            solo_s = solo(a, one["slowest_key"], a.out / f"solo-{stamp}{suffix}")
+            result = result or one  # the first round's verdict gives the keys of 1.
+            pairs.append({"verdict": folder.name, "wall_s": one["wall_s"], "solo_s": solo_s,
+                          "ratio": one["wall_s"] / solo_s, "slowest_key": one["slowest_key"],
+                          "timeouts": one["timeouts"], "verdicts": one["verdicts"]})
         ratios = [r["ratio"] for r in pairs]
-        result.pop("solo_s")
         result.update(pairs=pairs, pair_ratios={"median": statistics.median(ratios), "min": min(ratios),
                                                 "max": max(ratios)},
                       solo_runs_s=[r["solo_s"] for r in pairs], slowest_solo_s=pairs[0]["solo_s"],
                       ratio=pairs[0]["ratio"])
     if a.step in ("all", "verdict"):
-        result = timed_verdict(a, a.out / f"verdict-{stamp}", prepare(a, a.out / f"prepare-{stamp}.log"))
+        prepared = prepare(a, a.out / f"prepare-{stamp}.log")  # not timed: a nightly's cache persists
+        result = timed_verdict(a, a.out / f"verdict-{stamp}", prepared)
     if a.step in ("all", "solo"):
         walls = [solo(a, result["slowest_key"], a.out / (f"solo-{stamp}" + (f"-{i}" if i else "")))
                  for i in range(a.solo_repeat)]
