@@ -259,10 +259,18 @@ def _bench():
     return bench
 
 
+def _verdict_folder(root: Path, speed: dict) -> Path:
+    """The recorded folder of the verdict that root/verdict-speed.json (`speed`) timed (its command's --out)."""
+    return root / Path(speed["command"].split("--out ")[1].split()[0]).name
+
+
 def _speed(root: Path) -> tuple[dict, dict]:
     speed = json.loads((root / "verdict-speed.json").read_text())
-    folder = root / Path(speed["command"].split("--out ")[1].split()[0]).name
-    return speed, json.loads((folder / "summary.json").read_text())
+    return speed, json.loads((_verdict_folder(root, speed) / "summary.json").read_text())
+
+
+# the fourth session's plain verdict (reports/h200-speed/contention/): the tokens later recordings are held to
+CONTENTION = REPORTS / "h200-speed" / "contention" / "gemma3-270m"
 
 
 def test_the_speed_benchmark_follows_from_its_verdicts_summary():
@@ -401,8 +409,7 @@ def test_contention_not_cpu_spin_is_what_slows_the_critical_path_and_mps_removes
         assert set(speed["verdicts"].values()) == {"PASS", "SKIPPED"}
         assert speed["phases"] == summary["pool"]["phases"]
         runs[name] = (speed, {r["run"].split(" [")[1].split("]")[0]: r for r in speed["runs"]})
-        folder = root / name / Path(speed["command"].split("--out ")[1].split()[0]).name
-        runs[name] += (_tokens(folder),)
+        runs[name] += (_tokens(_verdict_folder(root / name, speed)),)
     plain, passive, mps = runs["gemma3-270m"], runs["gemma3-270m-passive"], runs["gemma3-270m-mps"]
     assert plain[2] == passive[2] == mps[2]  # the same tokens, run for run, with or without MPS or passive threads
     off = [r[1]["off"]["generate_s"] for r in (plain, passive, mps)]
@@ -428,9 +435,9 @@ def test_a_twin_in_a_worker_started_early_differed_everywhere_and_confirmation_c
     by about what the jobs saved), so the change was withdrawn."""
     from evalharness.confirm import TWIN_NOT_REPRODUCIBLE
 
-    base = _tokens(next((REPORTS / "h200-speed" / "contention" / "gemma3-270m").glob("verdict-2*/")))
+    base = _tokens(next(CONTENTION.glob("verdict-2*/")))
     speed, summary = _speed(EARLY_WORKERS.parent)
-    assert EARLY_WORKERS.name == Path(speed["command"].split("--out ")[1].split()[0]).name
+    assert _verdict_folder(EARLY_WORKERS.parent, speed) == EARLY_WORKERS
     tokens, extra = _tokens(EARLY_WORKERS), extra_runs(EARLY_WORKERS)
     twin = tokens[("on", True)]
     assert all(a != b for a, b in zip(twin, base[("on", True)])) and len(twin) == 200
@@ -469,9 +476,8 @@ def _one_gpu(lease: str, name: str) -> tuple[dict, dict, dict, list[dict]]:
     and the meta.json of each solo run (in order)."""
     root = ONE_GPU / lease / name
     speed, summary = _speed(root)
-    folder = root / Path(speed["command"].split("--out ")[1].split()[0]).name
     solos = [json.loads(m.read_text()) for m in sorted(root.glob("solo-*/runs/*/meta.json"))]
-    return speed, summary, _tokens(folder), solos
+    return speed, summary, _tokens(_verdict_folder(root, speed)), solos
 
 
 def _off(speed: dict) -> dict:
@@ -492,7 +498,7 @@ def test_the_own_mps_daemon_on_one_gpu_serves_every_worker_and_changes_no_token(
     import statistics
 
     bench = _bench()
-    base = _tokens(next((REPORTS / "h200-speed" / "contention" / "gemma3-270m").glob("verdict-2*/")))
+    base = _tokens(next(CONTENTION.glob("verdict-2*/")))
     recs = {(lease, name): _one_gpu(lease, name) for lease, name in
             (("lease-1", "gemma3-270m-mps-own"), ("lease-2", "gemma3-270m-mps-own"), ("lease-2", "gemma3-270m"))}
     for (lease, name), (speed, summary, tokens, _) in recs.items():
@@ -528,7 +534,7 @@ def test_the_own_mps_daemon_on_one_gpu_serves_every_worker_and_changes_no_token(
     assert abs(_off(first)["generate_s"] - _off(speed)["generate_s"]) < 0.1 * _off(speed)["generate_s"]
     assert _off(first)["generate_s"] > 1.2 * alone[0] and _off(speed)["generate_s"] < alone[1]
     # after the jobs: scipy.stats and matplotlib now imported while the workers run, lm-eval's templates compiled once
-    before = _speed(REPORTS / "h200-speed" / "contention" / "gemma3-270m")[0]
+    before = _speed(CONTENTION)[0]
     assert _after_jobs_s(speed) < _after_jobs_s(first) - 2 and _after_jobs_s(plain) < _after_jobs_s(before) - 1
 
 
