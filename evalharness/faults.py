@@ -157,6 +157,14 @@ def gpu_fault(_timeout_hint_s: float) -> None:
     fault()
 
 
+def mps_neighbour(_timeout_hint_s: float) -> None:
+    """In a worker started through an MPS daemon (--mps), the error a neighbour's GPU fault gives every client of
+    that MPS server; nothing in a worker of its own. A job that is innocent under MPS, on any device."""
+    if os.environ.get("CUDA_MPS_PIPE_DIRECTORY"):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered (mps-neighbour: a neighbour's GPU "
+                           "fault, as an MPS server reports it to every client)")
+
+
 def hang(timeout_hint_s: float) -> None:
     """The worker sleeps past its timeout."""
     time.sleep(max(3600.0, 10 * timeout_hint_s))
@@ -203,6 +211,9 @@ FAULTS: dict[str, Fault] = {
               about="the worker's GPU faults (a kernel writes far outside its buffer: an illegal memory access, as a "
               "stale graph's can) after the first finished request; CUDA only (under --mps it reaches every worker "
               "of that GPU)"),
+        Fault("mps-neighbour", patches_twin=False, after_first_result=mps_neighbour,
+              about="under --mps only: the job fails with the CUDA error a neighbour's GPU fault gives every worker "
+              "of that GPU, after the first finished request; outside MPS (its retry) it runs clean"),
         Fault("hang", patches_twin=False, after_first_result=hang,
               about="the worker sleeps past its timeout after the first finished request"),
         # transformers' async-batching reset race (engine/reset_race.py). reset-late is not given to the twin: the

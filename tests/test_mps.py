@@ -123,6 +123,32 @@ def test_a_job_that_crashes_under_mps_is_retried_outside_it(tiny_llama, gsm8k_te
     assert seen == [None]  # asked once: for the first attempt only
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("fault, retried", [("mps-neighbour", True), ("gpu-fault", False)])
+def test_a_job_that_fails_with_a_cuda_error_under_mps_is_retried_outside_it(fault, retried, tiny_llama, gsm8k_test,
+                                                                            tmp_path):
+    """Under MPS a neighbour's GPU fault fails a job with a CUDA error caught in the engine, without a crash (seen on
+    the H200: reports/h200-speed/mps-fault). Such a job is retried in a worker of its own, where it runs clean. A
+    failure of another class (here gpu-fault's 'needs a CUDA GPU' on this machine) is the job's own: not retried."""
+    from evalharness import schedule
+    from evalharness.engine.pool import run_pool
+    from evalharness.plan import prepare_jobs
+    from evalharness.settings import make
+
+    s = make(model=str(tiny_llama), data=str(gsm8k_test), limit=2, fewshot=0, max_new_tokens=2, dtype="fp32",
+             modes=["off"], max_bts=[32], inject=[f"off={fault}"], out=tmp_path / "o", progress=False)
+    results, report = run_pool(prepare_jobs(s).jobs, schedule.Budget(1, 1, "test"), progress=False,
+                               env=lambda device: {"CUDA_MPS_PIPE_DIRECTORY": str(tmp_path / "pipe")})
+    [result] = results.values()
+    ends = [(w["mps"], w["end"]) for w in report.workers]
+    if retried:
+        assert (result.status, result.meta["attempts"]) == ("ok", 2)
+        assert ends == [(True, "failed_requests"), (False, "idle")]
+    else:
+        assert (result.status, result.meta["attempts"], result.error_class) == ("failed_requests", 1, "failed_requests")
+        assert ends == [(True, "idle")]  # kept for the next job
+
+
 def test_jobs_auto_points_at_mps_only_where_workers_would_time_slice_a_gpu():
     from evalharness.schedule import mps_hint
 

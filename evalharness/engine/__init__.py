@@ -33,6 +33,10 @@ ERROR_CLASSES = (
     ("CUDA error", "cuda_error"),
 )
 
+# the classes in which a neighbour's fatal GPU fault reaches every client of an MPS server (--mps): a job that fails
+# with one of them under MPS may be innocent, and is retried in a worker of its own (pool.py)
+SHARED_UNDER_MPS = ("cuda_illegal_memory_access", "cuda_device_assert", "cuda_error")
+
 
 def classify(text: str) -> str | None:
     for needle, name in ERROR_CLASSES:

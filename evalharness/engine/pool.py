@@ -5,9 +5,11 @@ Each slot (a thread) owns at most one worker at a time, started from that thread
 forking thread) and pinned to one GPU (--devices, round robin). A slot takes the next job by schedule.next_job: the
 slowest pending job, preferring one its current worker can serve (same schedule.worker_key); a job with another key
 retires the worker first. With `env` (--mps: mps.Daemon.worker_env) the workers' kernels share each GPU through an
-MPS server; a job retried after a crash runs in a fresh worker without it, in a CUDA context of its own as without
---mps (a GPU fault under MPS reaches every client of that GPU). Every job keeps its own folder (job.json, results.jsonl, meta.json, worker.log), so
-`collect`, the cache, `--resume` and `merge` see exactly what a one-job worker leaves.
+MPS server. A GPU fault under MPS reaches every client of that GPU: one worker's illegal memory access fails its
+neighbours' jobs too, some with a crash and some with the error caught in the engine. So under MPS a job that fails
+with a CUDA error (SHARED_UNDER_MPS) is retried like a crash, and every retry runs in a fresh worker without MPS, in a
+CUDA context of its own, where its fault is its own. Every job keeps its own folder (job.json, results.jsonl,
+meta.json, worker.log), so `collect`, the cache, `--resume` and `merge` see exactly what a one-job worker leaves.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Callable
 
 from ..results import RunResult, Sample
 from ..schedule import Budget, critical_path_order, next_job, single_use, status_line, worker_key
-from . import Job, collect, prepare_dir
+from . import SHARED_UNDER_MPS, Job, collect, prepare_dir
 from .process import Worker
 
 STATUS_EVERY_S = 30.0
@@ -178,10 +180,11 @@ class Pool:
             result = collect(job, outcome.returncode, outcome.stopped, outcome.wall_s)
             self._note_load(worker, result)
             worker.record["jobs"].append(job.key)
-            if result.status in RETRIED or not worker.alive or single_use(job.engine):
+            retried = result.status in RETRIED or (worker.record["mps"] and result.error_class in SHARED_UNDER_MPS)
+            if retried or not worker.alive or single_use(job.engine):
                 self._retire(worker, result.status if result.status != "ok" else "single use")
                 worker = None
-            if result.status in RETRIED and attempts <= self.retries and job.key not in self.cancelled:
+            if retried and attempts <= self.retries and job.key not in self.cancelled:
                 with self.lock:
                     self.samples_done[job.key] = 0
                 continue
