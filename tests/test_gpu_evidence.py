@@ -538,6 +538,77 @@ def test_the_own_mps_daemon_on_one_gpu_serves_every_worker_and_changes_no_token(
     assert _after_jobs_s(speed) < _after_jobs_s(first) - 2 and _after_jobs_s(plain) < _after_jobs_s(before) - 1
 
 
+def test_paired_on_one_host_the_mps_verdict_meets_the_target_and_the_plain_one_does_not():
+    """reports/h200-speed/one-gpu/lease-3/ (1370593): `gpu_verdict --step pairs --rounds 2`, each verdict timed right
+    before its slowest run alone on the same host, so host drift cannot move a ratio. With `--mps` both pairs are
+    within 1.3x (1.22, 1.19); plain they are 1.43 and 1.24 (median 1.33). Every run gives the fourth session's tokens.
+    The critical path is `off`: beside three workers it generated 1.41x and 1.13x slower than alone plain, 1.07x and
+    1.05x under MPS."""
+    import statistics
+
+    bench = _bench()
+    base = _tokens(next(CONTENTION.glob("verdict-2*/")))
+    ratios, contention = {}, {}  # contention: `off`'s generate time beside three workers / alone, per pair
+    for name, mps in (("gemma3-270m-pairs", False), ("gemma3-270m-pairs-mps", True)):
+        root = ONE_GPU / "lease-3" / name
+        speed = json.loads((root / "verdict-speed.json").read_text())
+        assert ("--mps" in speed["command"].split()) is mps and "--step pairs --rounds 2" in speed["benchmark"]
+        assert len(speed["pairs"]) == 2 and speed["solo_runs_s"] == [p["solo_s"] for p in speed["pairs"]]
+        for pair in speed["pairs"]:
+            folder = root / pair["verdict"]
+            summary = json.loads((folder / "summary.json").read_text())
+            assert pair["ratio"] == pair["wall_s"] / pair["solo_s"] and pair["timeouts"] == 0
+            assert pair["verdicts"] == {m: c["verdict"] for m, c in summary["modes"].items()}
+            assert set(pair["verdicts"].values()) == {"PASS", "SKIPPED"}
+            assert [w["mps"] for w in summary["pool"]["processes"]] == [mps] * 4 == [mps] * summary["pool"]["model_loads"]
+            assert _tokens(folder) == base
+            # the solo run of the pair: the verdict's slowest run (`off`), alone with all 16 cores
+            (meta,) = root.glob(f"solo{pair['verdict'][len('verdict'):]}/runs/*/meta.json")
+            meta = json.loads(meta.read_text())
+            assert meta["worker"]["threads"] == 16 and meta["total_s"] < pair["solo_s"]
+            off = next(r for r in bench.runs_of(summary) if "[off]" in r["run"])
+            assert pair["slowest_key"] == off["key"] == max(bench.runs_of(summary), key=lambda r: r["wall_s"])["key"]
+            contention.setdefault(mps, []).append(off["generate_s"] / meta["generate_s"])
+        got = [p["ratio"] for p in speed["pairs"]]
+        assert speed["pair_ratios"] == {"median": statistics.median(got), "min": min(got), "max": max(got)}
+        ratios[mps] = got
+    assert max(ratios[True]) <= 1.3 < statistics.median(ratios[False]) < max(ratios[False])
+    assert all(m < p for m, p in zip(ratios[True], ratios[False]))
+    assert all(1.0 < c < 1.1 for c in contention[True]) and min(contention[False]) > 1.1 and max(contention[False]) > 1.4
+
+
+def test_a_gpu_fault_under_mps_failed_its_neighbours_and_only_a_crash_was_retried_outside_it():
+    """reports/h200-speed/one-gpu/lease-3/gemma-{gpu,mps}-fault (1370593): varlen's worker makes an illegal memory
+    access (--inject varlen=gpu-fault) beside `off` and the padded-eager twin on one H200. Plain, the fault is varlen's
+    own: `off` passes. Under --mps it reached both neighbours: the twin's worker crashed and its retry outside MPS ran
+    clean, but `off` caught the error in the engine without a crash, was not retried, and FAILed, innocent. Its
+    class is one the pool now retries outside MPS (SHARED_UNDER_MPS, tests/test_mps.py)."""
+    from evalharness.engine import SHARED_UNDER_MPS
+
+    root = ONE_GPU / "lease-3"
+    runs = {}
+    for name in ("gemma-gpu-fault", "gemma-mps-fault"):
+        summary = json.loads((root / name / "summary.json").read_text())
+        assert ("--mps" in summary["command"]) is (name == "gemma-mps-fault") and "varlen=gpu-fault" in summary["command"]
+        runs[name] = {r["served"][0]: r for r in summary["runs"].values()}
+        varlen = runs[name]["varlen"]
+        assert (varlen["status"], varlen["error_class"], varlen["attempts"]) == ("crash", "cuda_illegal_memory_access", 2)
+        assert summary["modes"]["varlen"]["verdict"] == "FAIL"
+        assert summary["modes"]["off"]["verdict"] == ("PASS" if name == "gemma-gpu-fault" else "FAIL")
+        workers = [(w["mps"], w["end"]) for w in summary["pool"]["processes"]]
+        if name == "gemma-gpu-fault":  # the twin came from the cache (the MPS run's retry)
+            assert sorted(workers) == [(False, "crash"), (False, "crash"), (False, "idle")]
+        else:  # three workers through MPS, then the two crashed jobs' retries outside it
+            assert workers == [(True, "error"), (True, "crash"), (True, "crash"), (False, "idle"), (False, "crash")]
+    mps = runs["gemma-mps-fault"]
+    assert (mps["varlen twin"]["status"], mps["varlen twin"]["attempts"]) == ("ok", 2)
+    assert mps["varlen twin"]["generated_tokens"] == runs["gemma-gpu-fault"]["varlen twin"]["generated_tokens"]
+    off = mps["off"]
+    assert (off["status"], off["attempts"], off["error_class"]) == ("error", 1, "cuda_illegal_memory_access")
+    assert off["error_class"] in SHARED_UNDER_MPS and off["generated_tokens"] < runs["gemma-gpu-fault"]["off"]["generated_tokens"]
+    assert "127/128 requests failed" in json.loads((root / "gemma-mps-fault" / "summary.json").read_text())["modes"]["off"]["reason"]
+
+
 # --- reports/h200-sweep/: the seed's sweep with MAIN and transformers 5.5.4 side by side, and attribution ----------
 def _sweep() -> dict[tuple, dict]:
     return {(c["engine"], c["max_bt"], c["mode"]): c for c in load("h200-sweep/sweep-ab")[0]["cells"]}
