@@ -582,8 +582,8 @@ def test_a_gpu_fault_under_mps_failed_its_neighbours_and_only_a_crash_was_retrie
     access (--inject varlen=gpu-fault) beside `off` and the padded-eager twin on one H200. Plain, the fault is varlen's
     own: `off` passes. Under --mps it reached both neighbours: the twin's worker crashed and its retry outside MPS ran
     clean, but `off` caught the error in the engine without a crash, was not retried, and FAILed, innocent. Its
-    class is one the pool now retries outside MPS (SHARED_UNDER_MPS, tests/test_mps.py)."""
-    from evalharness.engine import SHARED_UNDER_MPS
+    class is one the pool now retries outside MPS (CUDA_FAULTS, tests/test_mps.py)."""
+    from evalharness.engine import CUDA_FAULTS
 
     root = ONE_GPU / "lease-3"
     runs = {}
@@ -605,7 +605,7 @@ def test_a_gpu_fault_under_mps_failed_its_neighbours_and_only_a_crash_was_retrie
     assert mps["varlen twin"]["generated_tokens"] == runs["gemma-gpu-fault"]["varlen twin"]["generated_tokens"]
     off = mps["off"]
     assert (off["status"], off["attempts"], off["error_class"]) == ("error", 1, "cuda_illegal_memory_access")
-    assert off["error_class"] in SHARED_UNDER_MPS and off["generated_tokens"] < runs["gemma-gpu-fault"]["off"]["generated_tokens"]
+    assert off["error_class"] in CUDA_FAULTS and off["generated_tokens"] < runs["gemma-gpu-fault"]["off"]["generated_tokens"]
     assert "127/128 requests failed" in json.loads((root / "gemma-mps-fault" / "summary.json").read_text())["modes"]["off"]["reason"]
 
 

@@ -149,6 +149,28 @@ def test_a_job_that_fails_with_a_cuda_error_under_mps_is_retried_outside_it(faul
         assert ends == [(True, "idle")]  # kept for the next job
 
 
+@pytest.mark.slow
+def test_a_worker_whose_job_met_a_cuda_error_is_not_reused(tiny_llama, gsm8k_test, tmp_path, monkeypatch):
+    """A CUDA error caught inside the engine leaves the worker alive, but its CUDA context may be dead (sticky errors):
+    the next job, another cell's, would fail in it. Outside MPS such a job is not retried (the fault is its own), but
+    its worker is retired instead of serving the next job. (mps-neighbour fires where CUDA_MPS_PIPE_DIRECTORY is set:
+    here in the environment every worker inherits, while the pool starts none through MPS.)"""
+    from evalharness import schedule
+    from evalharness.engine.pool import run_pool
+    from evalharness.plan import prepare_jobs
+    from evalharness.settings import make
+
+    monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path / "pipe"))
+    s = make(model=str(tiny_llama), data=str(gsm8k_test), limit=2, fewshot=0, max_new_tokens=2, dtype="fp32",
+             modes=["off"], max_bts=[32, 64], inject=["off=mps-neighbour"], out=tmp_path / "o", progress=False)
+    jobs = prepare_jobs(s).jobs
+    results, report = run_pool(jobs, schedule.Budget(1, 1, "test"), progress=False)
+    assert len(jobs) == 2
+    assert {(r.status, r.error_class, r.meta["attempts"]) for r in results.values()} == {
+        ("failed_requests", "cuda_illegal_memory_access", 1)}
+    assert [(w["mps"], w["end"], len(w["jobs"])) for w in report.workers] == [(False, "failed_requests", 1)] * 2
+
+
 def test_jobs_auto_points_at_mps_only_where_workers_would_time_slice_a_gpu():
     from evalharness.schedule import mps_hint
 

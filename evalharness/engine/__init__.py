@@ -33,9 +33,10 @@ ERROR_CLASSES = (
     ("CUDA error", "cuda_error"),
 )
 
-# the classes in which a neighbour's fatal GPU fault reaches every client of an MPS server (--mps): a job that fails
-# with one of them under MPS may be innocent, and is retried in a worker of its own (pool.py)
-SHARED_UNDER_MPS = ("cuda_illegal_memory_access", "cuda_device_assert", "cuda_error")
+# the classes of a CUDA fault (pool.py): the worker's CUDA context may be dead (an illegal memory access and a device
+# assert are sticky), so the worker is not reused; and under MPS a neighbour's fatal fault reaches every client of
+# that GPU's server with one of them, so a job that fails so under MPS may be innocent and is retried outside MPS
+CUDA_FAULTS = ("cuda_illegal_memory_access", "cuda_device_assert", "cuda_error")
 
 
 def classify(text: str) -> str | None:

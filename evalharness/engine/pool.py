@@ -1,5 +1,6 @@
 """Many jobs on a pool of reused worker processes: one model load per worker, the slowest jobs first, a crash or a
-stall retires its worker and the job is retried once in a fresh one, and a status line every 30 s.
+stall retires its worker and the job is retried once in a fresh one, a worker whose job met a CUDA fault is not
+reused, and a status line every 30 s.
 
 Each slot (a thread) owns at most one worker at a time, started from that thread (PR_SET_PDEATHSIG follows the
 forking thread) and pinned to one GPU (--devices, round robin). A slot takes the next job by schedule.next_job: the
@@ -7,7 +8,7 @@ slowest pending job, preferring one its current worker can serve (same schedule.
 retires the worker first. With `env` (--mps: mps.Daemon.worker_env) the workers' kernels share each GPU through an
 MPS server. A GPU fault under MPS reaches every client of that GPU: one worker's illegal memory access fails its
 neighbours' jobs too, some with a crash and some with the error caught in the engine. So under MPS a job that fails
-with a CUDA error (SHARED_UNDER_MPS) is retried like a crash, and every retry runs in a fresh worker without MPS, in a
+with a CUDA error (CUDA_FAULTS) is retried like a crash, and every retry runs in a fresh worker without MPS, in a
 CUDA context of its own, where its fault is its own. Every job keeps its own folder (job.json, results.jsonl,
 meta.json, worker.log), so `collect`, the cache, `--resume` and `merge` see exactly what a one-job worker leaves.
 """
@@ -23,7 +24,7 @@ from typing import Callable
 
 from ..results import RunResult, Sample
 from ..schedule import Budget, critical_path_order, next_job, single_use, status_line, worker_key
-from . import SHARED_UNDER_MPS, Job, collect, prepare_dir
+from . import CUDA_FAULTS, Job, collect, prepare_dir
 from .process import Worker
 
 STATUS_EVERY_S = 30.0
@@ -180,8 +181,9 @@ class Pool:
             result = collect(job, outcome.returncode, outcome.stopped, outcome.wall_s)
             self._note_load(worker, result)
             worker.record["jobs"].append(job.key)
-            retried = result.status in RETRIED or (worker.record["mps"] and result.error_class in SHARED_UNDER_MPS)
-            if retried or not worker.alive or single_use(job.engine):
+            cuda_fault = result.error_class in CUDA_FAULTS  # the worker's CUDA context may be dead: not reused
+            retried = result.status in RETRIED or (worker.record["mps"] and cuda_fault)
+            if retried or cuda_fault or not worker.alive or single_use(job.engine):
                 self._retire(worker, result.status if result.status != "ok" else "single use")
                 worker = None
             if retried and attempts <= self.retries and job.key not in self.cancelled:
