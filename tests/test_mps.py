@@ -128,8 +128,9 @@ def test_a_job_that_crashes_under_mps_is_retried_outside_it(tiny_llama, gsm8k_te
 def test_a_job_that_fails_with_a_cuda_error_under_mps_is_retried_outside_it(fault, retried, tiny_llama, gsm8k_test,
                                                                             tmp_path):
     """Under MPS a neighbour's GPU fault fails a job with a CUDA error caught in the engine, without a crash (seen on
-    the H200: reports/h200-speed/mps-fault). Such a job is retried in a worker of its own, where it runs clean. A
-    failure of another class (here gpu-fault's 'needs a CUDA GPU' on this machine) is the job's own: not retried."""
+    the H200: reports/h200-speed/one-gpu/lease-3/gemma-mps-fault). Such a job is retried in a worker of its own, where
+    it runs clean. A failure of another class (here gpu-fault's 'needs a CUDA GPU' on this machine) is the job's own:
+    not retried."""
     from evalharness import schedule
     from evalharness.engine.pool import run_pool
     from evalharness.plan import prepare_jobs
