@@ -14,10 +14,11 @@ run *without* CUDA_VISIBLE_DEVICES, the server's GPU being theirs. (A client tha
 a server started on GPU 1 sees no GPU at all: found on the H200, reports/h200-speed/README.md.)
 
 What MPS changes, and why it is not the default: a fatal GPU fault in one client (an illegal memory access from a
-stale graph) is reported to every client of that GPU (NVIDIA's MPS documentation, "Error Containment"), so one crash
-takes the other workers' jobs with it. The pool retries each crashed job in a fresh worker outside MPS
-(engine/pool.py): a crash is then attributed to the job that crashes on its own, as without --mps, at the cost of
-the re-runs.
+stale graph) is reported to every client of that GPU (NVIDIA's MPS documentation, "Error Containment"), so one fault
+takes the other workers' jobs with it: on the H200 a neighbour's worker crashed, and another caught the illegal
+memory access inside the engine and lived on (reports/h200-speed/one-gpu/lease-3/gemma-mps-fault). The pool retries
+each job that crashed or failed with a CUDA error (CUDA_FAULTS) in a fresh worker outside MPS (engine/pool.py): a
+fault is then attributed to the job that faults on its own, as without --mps, at the cost of the re-runs.
 """
 
 from __future__ import annotations
