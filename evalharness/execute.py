@@ -138,8 +138,8 @@ def worker_count(jobs: int | None, devices: list[str] | None) -> int:
 
 def run_one(job: Job, engine: Engine, progress: bool = True, retries: int = 1) -> RunResult:
     """One job through `engine` in this process, under its folder's lock: the cached result if there is one, else
-    the engine's (a crash or stall retried `retries` times, as the pool does), stored as the pool's are."""
-    from .engine.pool import RETRIED
+    the engine's (a crash, stall or CUDA error retried `retries` times, as the pool does), stored as the pool's are."""
+    from .engine.pool import needs_retry
     from .locking import locked
 
     with locked(job.job_dir):
@@ -147,7 +147,7 @@ def run_one(job: Job, engine: Engine, progress: bool = True, retries: int = 1) -
         if cached is not None:
             return cached
         result, attempts = engine(job, progress=progress), 1
-        while result.status in RETRIED and attempts <= retries:
+        while needs_retry(result) and attempts <= retries:
             result, attempts = engine(job, progress=progress), attempts + 1
         result.meta["attempts"] = attempts
         store_result(job, result)

@@ -151,11 +151,13 @@ def test_a_job_that_fails_with_a_cuda_error_under_mps_is_retried_outside_it(faul
 
 
 @pytest.mark.slow
-def test_a_worker_whose_job_met_a_cuda_error_is_not_reused(tiny_llama, gsm8k_test, tmp_path, monkeypatch):
+def test_a_cuda_error_caught_in_the_engine_is_retried_in_a_fresh_worker_like_a_crash(tiny_llama, gsm8k_test, tmp_path,
+                                                                                    monkeypatch):
     """A CUDA error caught inside the engine leaves the worker alive, but its CUDA context may be dead (sticky errors):
-    the next job, another cell's, would fail in it. Outside MPS such a job is not retried (the fault is its own), but
-    its worker is retired instead of serving the next job. (mps-neighbour fires where CUDA_MPS_PIPE_DIRECTORY is set:
-    here in the environment every worker inherits, while the pool starts none through MPS.)"""
+    the next job, another cell's, would fail in it. So, also outside MPS, its worker is retired and the job runs once
+    more in a fresh worker, as after a crash; one that fails again keeps its error. (mps-neighbour fires where
+    CUDA_MPS_PIPE_DIRECTORY is set: here in the environment every worker inherits, while the pool starts none through
+    MPS, so it fails in every attempt.)"""
     from evalharness import schedule
     from evalharness.engine.pool import run_pool
     from evalharness.plan import prepare_jobs
@@ -168,8 +170,8 @@ def test_a_worker_whose_job_met_a_cuda_error_is_not_reused(tiny_llama, gsm8k_tes
     results, report = run_pool(jobs, schedule.Budget(1, 1, "test"), progress=False)
     assert len(jobs) == 2
     assert {(r.status, r.error_class, r.meta["attempts"]) for r in results.values()} == {
-        ("failed_requests", "cuda_illegal_memory_access", 1)}
-    assert [(w["mps"], w["end"], len(w["jobs"])) for w in report.workers] == [(False, "failed_requests", 1)] * 2
+        ("failed_requests", "cuda_illegal_memory_access", 2)}
+    assert [(w["mps"], w["end"], len(w["jobs"])) for w in report.workers] == [(False, "failed_requests", 1)] * 4
 
 
 def test_jobs_auto_points_at_mps_only_where_workers_would_time_slice_a_gpu():

@@ -33,9 +33,9 @@ ERROR_CLASSES = (
     ("CUDA error", "cuda_error"),
 )
 
-# the classes of a CUDA fault (pool.py): the worker's CUDA context may be dead (an illegal memory access and a device
-# assert are sticky), so the worker is not reused; and under MPS a neighbour's fatal fault reaches every client of
-# that GPU's server with one of them, so a job that fails so under MPS may be innocent and is retried outside MPS
+# the classes of a CUDA fault, retried like a crash (pool.needs_retry) also where the engine caught the error: the
+# worker's CUDA context may be dead (an illegal memory access and a device assert are sticky), and under MPS a
+# neighbour's fatal fault reaches every client of that GPU's server with one of them
 CUDA_FAULTS = ("cuda_illegal_memory_access", "cuda_device_assert", "cuda_error")
 
 

@@ -1,15 +1,13 @@
-"""Many jobs on a pool of reused worker processes: one model load per worker, the slowest jobs first, a crash or a
-stall retires its worker and the job is retried once in a fresh one, a worker whose job met a CUDA fault is not
-reused, and a status line every 30 s.
+"""Many jobs on a pool of reused worker processes: one model load per worker, the slowest jobs first, a crash, a
+stall or a CUDA error retires its worker and the job is retried once in a fresh one, and a status line every 30 s.
 
 Each slot (a thread) owns at most one worker at a time, started from that thread (PR_SET_PDEATHSIG follows the
 forking thread) and pinned to one GPU (--devices, round robin). A slot takes the next job by schedule.next_job: the
 slowest pending job, preferring one its current worker can serve (same schedule.worker_key); a job with another key
 retires the worker first. With `env` (--mps: mps.Daemon.worker_env) the workers' kernels share each GPU through an
 MPS server. A GPU fault under MPS reaches every client of that GPU: one worker's illegal memory access fails its
-neighbours' jobs too, some with a crash and some with the error caught in the engine. So under MPS a job that fails
-with a CUDA error (CUDA_FAULTS) is retried like a crash, and every retry runs in a fresh worker without MPS, in a
-CUDA context of its own, where its fault is its own. Every job keeps its own folder (job.json, results.jsonl,
+neighbours' jobs too, some with a crash and some with the error caught in the engine. Every retry runs in a fresh
+worker without MPS, in a CUDA context of its own, where its fault is its own. Every job keeps its own folder (job.json, results.jsonl,
 meta.json, worker.log), so `collect`, the cache, `--resume` and `merge` see exactly what a one-job worker leaves.
 """
 
@@ -29,6 +27,13 @@ from .process import Worker
 
 STATUS_EVERY_S = 30.0
 RETRIED = ("crash", "timeout")
+
+
+def needs_retry(result: RunResult) -> bool:
+    """A crash, a stall, or a CUDA error that the engine caught (CUDA_FAULTS): the job runs once more in a fresh
+    worker. Caught or not, a GPU fault leaves the worker's CUDA context suspect (an illegal memory access is sticky),
+    and under MPS it may be a neighbour's; a deterministic one fails again, a transient one does not."""
+    return result.status in RETRIED or result.error_class in CUDA_FAULTS
 STOPPED = "stopped by --fail-fast: its cell's run and twin already differ"
 
 
@@ -181,9 +186,8 @@ class Pool:
             result = collect(job, outcome.returncode, outcome.stopped, outcome.wall_s)
             self._note_load(worker, result)
             worker.record["jobs"].append(job.key)
-            cuda_fault = result.error_class in CUDA_FAULTS  # the worker's CUDA context may be dead: not reused
-            retried = result.status in RETRIED or (worker.record["mps"] and cuda_fault)
-            if retried or cuda_fault or not worker.alive or single_use(job.engine):
+            retried = needs_retry(result)
+            if retried or not worker.alive or single_use(job.engine):
                 self._retire(worker, result.status if result.status != "ok" else "single use")
                 worker = None
             if retried and attempts <= self.retries and job.key not in self.cancelled:
