@@ -163,10 +163,9 @@ def run_jobs(jobs: list[Job], workers: int | str | None = 1, devices: list[str] 
     `watch` (--fail-fast, failfast.FailFast.check) names the runs to stop as results come in; `env()` is called once
     there are jobs for the pool, and returns what adds to each worker's environment, `worker_env(device)` (--mps:
     the MPS daemons start then, so a run whose jobs are all cached starts none); `hint`: whether to print
-    schedule.mps_hint's line (once
-    per invocation: not for confirmation rounds); `idle()`: the parent's own work, done once in this thread while
-    the workers run (pool.Pool.idle). Given an `engine`, each job runs through it instead, one at a time in this
-    process (run_one)."""
+    schedule.mps_hint's line (once per invocation: not for confirmation rounds); `idle()`: the parent's own work,
+    done once in this thread while the workers run (pool.Pool.idle). Given an `engine`, each job runs through it
+    instead, one at a time in this process (run_one)."""
     import sys
 
     from .engine.pool import run_pool

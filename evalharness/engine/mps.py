@@ -17,8 +17,8 @@ What MPS changes, and why it is not the default: a fatal GPU fault in one client
 stale graph) is reported to every client of that GPU (NVIDIA's MPS documentation, "Error Containment"), so one fault
 takes the other workers' jobs with it: on the H200 a neighbour's worker crashed, and another caught the illegal
 memory access inside the engine and lived on (reports/h200-speed/one-gpu/lease-3/gemma-mps-fault). The pool retries
-each job that crashed or failed with a CUDA error (pool.needs_retry) in a fresh worker outside MPS: a
-fault is then attributed to the job that faults on its own, as without --mps, at the cost of the re-runs.
+each job that crashed or failed with a CUDA error (pool.needs_retry) in a fresh worker outside MPS: a fault is then
+attributed to the job that faults on its own, as without --mps, at the cost of the re-runs.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ slowest pending job, preferring one its current worker can serve (same schedule.
 retires the worker first. With `env` (--mps: mps.Daemon.worker_env) the workers' kernels share each GPU through an
 MPS server. A GPU fault under MPS reaches every client of that GPU: one worker's illegal memory access fails its
 neighbours' jobs too, some with a crash and some with the error caught in the engine. Every retry runs in a fresh
-worker without MPS, in a CUDA context of its own, where its fault is its own. Every job keeps its own folder (job.json, results.jsonl,
-meta.json, worker.log), so `collect`, the cache, `--resume` and `merge` see exactly what a one-job worker leaves.
+worker without MPS, in a CUDA context of its own, where its fault is its own. Every job keeps its own folder
+(job.json, results.jsonl, meta.json, worker.log), so `collect`, the cache, `--resume` and `merge` see exactly what a
+one-job worker leaves.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .process import Worker
 
 STATUS_EVERY_S = 30.0
 RETRIED = ("crash", "timeout")
+STOPPED = "stopped by --fail-fast: its cell's run and twin already differ"
 
 
 def needs_retry(result: RunResult) -> bool:
@@ -34,7 +36,6 @@ def needs_retry(result: RunResult) -> bool:
     worker. Caught or not, a GPU fault leaves the worker's CUDA context suspect (an illegal memory access is sticky),
     and under MPS it may be a neighbour's; a deterministic one fails again, a transient one does not."""
     return result.status in RETRIED or result.error_class in CUDA_FAULTS
-STOPPED = "stopped by --fail-fast: its cell's run and twin already differ"
 
 
 @dataclass
