@@ -98,25 +98,32 @@ def test_mps_needs_a_gpu(tmp_path):
                      interpreters={"default": ("python", None)})
 
 
-@pytest.mark.slow
-def test_a_job_that_crashes_under_mps_is_retried_outside_it(tiny_llama, gsm8k_test, tmp_path):
-    """The pool starts its workers with the daemon's environment, but a crashed job's retry in a fresh worker without
-    it: alone in its own CUDA context, its crash is its own."""
+def _pool_of_off_jobs(tiny_llama, gsm8k_test, tmp_path, fault: str, limit: int = 2, max_bts=(32,), env=None):
+    """The `off` jobs of a tiny-model plan with `fault` injected, run on a one-slot pool of real workers (`env`: what
+    the pool adds to each first attempt's worker, as --mps does). Returns (jobs, results by key, pool report)."""
     from evalharness import schedule
     from evalharness.engine.pool import run_pool
     from evalharness.plan import prepare_jobs
     from evalharness.settings import make
 
-    s = make(model=str(tiny_llama), data=str(gsm8k_test), limit=1, fewshot=0, max_new_tokens=2, dtype="fp32",
-             modes=["off"], max_bts=[32], inject=["off=abort"], out=tmp_path / "o", progress=False)
-    p = prepare_jobs(s)
+    s = make(model=str(tiny_llama), data=str(gsm8k_test), limit=limit, fewshot=0, max_new_tokens=2, dtype="fp32",
+             modes=["off"], max_bts=list(max_bts), inject=[f"off={fault}"], out=tmp_path / "o", progress=False)
+    jobs = prepare_jobs(s).jobs
+    results, report = run_pool(jobs, schedule.Budget(1, 1, "test"), progress=False, env=env)
+    return jobs, results, report
+
+
+@pytest.mark.slow
+def test_a_job_that_crashes_under_mps_is_retried_outside_it(tiny_llama, gsm8k_test, tmp_path):
+    """The pool starts its workers with the daemon's environment, but a crashed job's retry in a fresh worker without
+    it: alone in its own CUDA context, its crash is its own."""
     seen = []
 
     def env(device):
         seen.append(device)
         return {"EVALHARNESS_MPS_PIPE_TEST": str(tmp_path)}
 
-    results, report = run_pool(p.jobs, schedule.Budget(1, 1, "test"), progress=False, env=env)
+    _, results, report = _pool_of_off_jobs(tiny_llama, gsm8k_test, tmp_path, "abort", limit=1, env=env)
     [result] = results.values()
     assert result.status == "crash" and result.meta["attempts"] == 2
     assert [(w["mps"], w["end"]) for w in report.workers] == [(True, "crash"), (False, "crash")]
@@ -131,15 +138,8 @@ def test_a_job_that_fails_with_a_cuda_error_under_mps_is_retried_outside_it(faul
     the H200: reports/h200-speed/one-gpu/lease-3/gemma-mps-fault). Such a job is retried in a worker of its own, where
     it runs clean. A failure of another class (here gpu-fault's 'needs a CUDA GPU' on this machine) is the job's own:
     not retried."""
-    from evalharness import schedule
-    from evalharness.engine.pool import run_pool
-    from evalharness.plan import prepare_jobs
-    from evalharness.settings import make
-
-    s = make(model=str(tiny_llama), data=str(gsm8k_test), limit=2, fewshot=0, max_new_tokens=2, dtype="fp32",
-             modes=["off"], max_bts=[32], inject=[f"off={fault}"], out=tmp_path / "o", progress=False)
-    results, report = run_pool(prepare_jobs(s).jobs, schedule.Budget(1, 1, "test"), progress=False,
-                               env=lambda device: {"CUDA_MPS_PIPE_DIRECTORY": str(tmp_path / "pipe")})
+    _, results, report = _pool_of_off_jobs(tiny_llama, gsm8k_test, tmp_path, fault,
+                                           env=lambda device: {"CUDA_MPS_PIPE_DIRECTORY": str(tmp_path / "pipe")})
     [result] = results.values()
     ends = [(w["mps"], w["end"]) for w in report.workers]
     if retried:
@@ -158,16 +158,8 @@ def test_a_cuda_error_caught_in_the_engine_is_retried_in_a_fresh_worker_like_a_c
     more in a fresh worker, as after a crash; one that fails again keeps its error. (mps-neighbour fires where
     CUDA_MPS_PIPE_DIRECTORY is set: here in the environment every worker inherits, while the pool starts none through
     MPS, so it fails in every attempt.)"""
-    from evalharness import schedule
-    from evalharness.engine.pool import run_pool
-    from evalharness.plan import prepare_jobs
-    from evalharness.settings import make
-
     monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path / "pipe"))
-    s = make(model=str(tiny_llama), data=str(gsm8k_test), limit=2, fewshot=0, max_new_tokens=2, dtype="fp32",
-             modes=["off"], max_bts=[32, 64], inject=["off=mps-neighbour"], out=tmp_path / "o", progress=False)
-    jobs = prepare_jobs(s).jobs
-    results, report = run_pool(jobs, schedule.Budget(1, 1, "test"), progress=False)
+    jobs, results, report = _pool_of_off_jobs(tiny_llama, gsm8k_test, tmp_path, "mps-neighbour", max_bts=(32, 64))
     assert len(jobs) == 2
     assert {(r.status, r.error_class, r.meta["attempts"]) for r in results.values()} == {
         ("failed_requests", "cuda_illegal_memory_access", 2)}
