@@ -3,7 +3,7 @@
 #   .gpu/s1-NN/s1.part.NN  wheels the H200 image lacks (whl/), transformers 5.5.4 (tf554/), GSM8K test/train and
 #                          GSM8K-Platinum JSONL (data/), SmolLM2-135M (models/)
 #   .gpu/g-NN/g.part.NN    Gemma 3 270M (models/)
-# 55 MB each, one folder per device call (`carry` it, then `mkdir -p /tmp/parts && cp .gpu/X/* /tmp/parts/`).
+# 45 MB each (a call carries 64 MiB with the ~12 MB checkout), one folder per device call (`carry` it, then `mkdir -p /tmp/parts && cp .gpu/X/* /tmp/parts/`).
 # Add `.gpu/` to .git/info/exclude first: nothing here is committed. Needs ../shared (gpu-bundle, models, data).
 set -euo pipefail
 shared=${SHARED:-../shared}
@@ -16,7 +16,7 @@ cp "$shared"/data/gsm8k/{test,train,platinum_test}.jsonl "$w/s1/data/"
 mv "$b"/models/SmolLM2* "$w/s1/models/" && mv "$b"/models/gemma* "$w/g/models/"
 rm -rf .gpu/s1-* .gpu/g-* && mkdir -p .gpu
 for p in s1 g; do
-  tar -C "$w/$p" -cf - . | split -b 55000000 -d -a 2 - "$w/$p.part."
+  tar -C "$w/$p" -cf - . | split -b 45000000 -d -a 2 - "$w/$p.part."
   for f in "$w/$p".part.*; do n=${f##*.}; mkdir -p ".gpu/$p-$n" && mv "$f" ".gpu/$p-$n/"; done
 done
 ls .gpu

@@ -61,7 +61,9 @@ speed() { local name=$1; shift  # benchmarks/gpu_verdict.py on Gemma 3, SPEED_LI
          echo "== $name exit $?"; tail -5 "$out/$name.log"; }
 for s in "$@"; do
   case $s in
-    gpu-tests)   timeout 300 python3 -m pytest -q -m gpu tests/test_gpu.py -rA -p no:cacheprovider > "$out/gpu-tests.log" 2>&1
+    # the tests read GSM8K from ../shared/data/gsm8k beside the checkout, as on the CPU machines
+    gpu-tests)   [[ -e ../shared/data/gsm8k ]] || { mkdir -p ../shared/data && ln -s /tmp/g/data ../shared/data/gsm8k; }
+                 timeout 300 python3 -m pytest -q -m gpu tests/test_gpu.py -rA -p no:cacheprovider > "$out/gpu-tests.log" 2>&1
                  echo "== gpu-tests exit $?"; tail -15 "$out/gpu-tests.log" ;;
     # issue 15 (SmolLM2: full attention, decode fast path through torch-flash's paged decode kernel)
     smol-clean)  eh smol-clean "${smol[@]}" "${data[@]}" --max-bt 384 --graphs off,on,varlen,decode ;;
@@ -99,15 +101,24 @@ for s in "$@"; do
                    speed speed-mps-own-solo --mps --out "$out/h200-speed/gemma3-270m-mps-own" --step solo \
                      --solo-repeat "${SOLO_REPEAT:-1}"
                    speed speed-mps-own-concurrent --mps --out "$out/h200-speed/gemma3-270m-mps-own" --step concurrent ;;
-    # next: each verdict timed right before its own solo run (--step pairs; ROUNDS rounds), plain and with --mps
-    speed-pairs) speed speed-pairs --out "$out/h200-speed/gemma3-270m-pairs" --step pairs --rounds "${ROUNDS:-2}" ;;
+    # next: each verdict timed right before its own solo run (--step pairs; ROUNDS rounds), plain and with --mps;
+    # then the default, MPS wherever workers share a GPU and a daemon starts (no flag)
+    speed-pairs) speed speed-pairs --mps off --out "$out/h200-speed/gemma3-270m-pairs" --step pairs \
+                   --rounds "${ROUNDS:-2}" ;;
     speed-pairs-mps) speed speed-pairs-mps --mps --out "$out/h200-speed/gemma3-270m-pairs-mps" --step pairs \
+                   --rounds "${ROUNDS:-2}" ;;
+    speed-pairs-default) speed speed-pairs-default --out "$out/h200-speed/gemma3-270m-pairs-default" --step pairs \
                    --rounds "${ROUNDS:-2}" ;;
     # a GPU fault (illegal memory access) in the varlen worker, beside `off` and the twin on the same GPU: without and
     # with --mps (under MPS the fault reaches every worker of the GPU; the pool retries crashed jobs outside MPS)
-    gpu-fault)   eh gemma-gpu-fault "${gemma[@]}" "${plat[@]}" --max-bt 384 --graphs off,varlen --inject varlen=gpu-fault ;;
+    gpu-fault)   eh gemma-gpu-fault "${gemma[@]}" "${plat[@]}" --max-bt 384 --graphs off,varlen --inject varlen=gpu-fault \
+                   --no-mps ;;
     mps-fault)   eh gemma-mps-fault "${gemma[@]}" "${plat[@]}" --max-bt 384 --graphs off,varlen --inject varlen=gpu-fault \
                    --mps ;;
+    # the default (no flag): three workers share the GPU, so MPS; `off` gets the error a neighbour's fault gives under
+    # MPS, and its retry outside MPS passes
+    mps-neighbour) eh gemma-mps-neighbour "${gemma[@]}" "${plat[@]}" --max-bt 384 --graphs off,varlen \
+                   --inject off=mps-neighbour ;;
     speed-mps)   export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
                  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
                  if nvidia-cuda-mps-control -d; then
