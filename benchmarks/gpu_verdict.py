@@ -14,8 +14,9 @@
 2. Its slowest run again alone, in a fresh folder: `evalharness plan` with the same settings, then `evalharness
    run-job` of that run (its own worker: interpreter start, model load, generation); with --solo-repeat N, N times,
    `slowest_solo_s` their median and `solo_runs_s` each. Target: 1. <= 1.3 x 2.
-   With --mps the verdicts run their workers through an MPS daemon of their own (evalharness --mps); the solo run
-   stays without (alone, it shares the GPU with nobody).
+   The verdicts' workers share the GPU through an MPS daemon of their invocation's own, as the harness does by
+   default (--mps auto; `--mps` insists, `--mps off` passes --no-mps); the solo run has one worker and no daemon
+   (alone, it shares the GPU with nobody). `mps` in the JSON: the setting (older recordings: true or false).
 3. With --concurrent: two invocations of the same verdict started together, each into its own folder; each one's
    wall against 1. Target: each <= 1.5 x 1.
 4. `--step pairs --rounds N`: N rounds of a verdict (1.) followed at once by its slowest run alone (2.), so that
@@ -95,8 +96,7 @@ def verdict(a, out: Path) -> tuple[list[str], int, float]:
     cmd = evalharness(a.python) + ["gsm8k", *settings_args(a), "--out", str(out), "--no-progress"]
     if a.jobs:
         cmd += ["--jobs", a.jobs]
-    if a.mps:
-        cmd += ["--mps"]
+    cmd += {"on": ["--mps"], "off": ["--no-mps"], "auto": []}[a.mps]
     out.mkdir(parents=True, exist_ok=True)
     rc, wall = run(cmd, out.parent / f"{out.name}.log")
     if rc not in (0, 1):
@@ -183,9 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", help="--jobs for the verdicts (default: the harness's own, auto on CUDA)")
     p.add_argument("--oracle", choices=("twin", "constants", "both"),
                    help="--oracle for the verdicts: time `constants` (no twins) against the default twin oracle")
-    p.add_argument("--mps", action="store_true",
-                   help="--mps for the verdicts (each invocation its own MPS daemon); the solo run stays without it "
-                   "(one worker has no GPU to share)")
+    p.add_argument("--mps", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
+                   help="the verdicts' MPS: auto (the harness's default: a daemon of each invocation's own where its "
+                   "workers share the GPU), on (--mps), off (--no-mps); the solo run has one worker, so no daemon")
     p.add_argument("--python", default=sys.executable, help="interpreter that runs evalharness")
     p.add_argument("--out", type=Path, default=Path("verdict-speed"), help="folder for the runs and the JSON")
     p.add_argument("--concurrent", action="store_true", help="also two invocations at once, each against solo")

@@ -156,15 +156,15 @@ def run_one(job: Job, engine: Engine, progress: bool = True, retries: int = 1) -
 
 def run_jobs(jobs: list[Job], workers: int | str | None = 1, devices: list[str] | None = None, progress: bool = True,
              cuda: bool = False, report: dict | None = None, watch=None,
-             engine: Engine | None = None, env=None, hint: bool = True, idle=None) -> dict[str, RunResult]:
+             engine: Engine | None = None, env=None, idle=None) -> dict[str, RunResult]:
     """Run the jobs not already cached on a pool of reused workers (engine/pool.py); with `devices`, every worker
     gets one GPU (CUDA_VISIBLE_DEVICES), round robin, so several workers may share a large GPU. Prints the chosen
     worker count and thread budget in one line; `report` receives the pool's account (workers, model loads);
-    `watch` (--fail-fast, failfast.FailFast.check) names the runs to stop as results come in; `env()` is called once
-    there are jobs for the pool, and returns what adds to each worker's environment, `worker_env(device)` (--mps:
-    the MPS daemons start then, so a run whose jobs are all cached starts none); `hint`: whether to print
-    schedule.mps_hint's line (once per invocation: not for confirmation rounds); `idle()`: the parent's own work,
-    done once in this thread while the workers run (pool.Pool.idle). Given an `engine`, each job runs through it
+    `watch` (--fail-fast, failfast.FailFast.check) names the runs to stop as results come in; `env(shared)`
+    (mps.Daemons) is called once there are jobs for the pool and the worker count is known, `shared` saying whether
+    several workers share a GPU, and gives what adds to each worker's environment (`worker_env(device)`) or None (so
+    a run whose jobs are all cached starts no MPS daemon); `idle()`: the parent's own work, done once in this thread
+    while the workers run (pool.Pool.idle). Given an `engine`, each job runs through it
     instead, one at a time in this process (run_one)."""
     import sys
 
@@ -178,17 +178,13 @@ def run_jobs(jobs: list[Job], workers: int | str | None = 1, devices: list[str] 
         from .locking import locked
         from .sizing import Claim, claiming
 
-        worker_env = env() if env is not None else None
         with contextlib.ExitStack() as held:
             with claiming():  # others' claims -> budget -> our claim, one invocation at a time
                 budget, need = budget_for(todo, workers, devices, cuda)
                 held.enter_context(Claim(budget.workers, budget.workers * (need or 0)))
             print(budget.line(), file=sys.stderr, flush=True)
-            from .schedule import mps_hint
-
-            line = hint and mps_hint(min(budget.workers, len(todo)), len(devices or [None]), cuda, env is not None)
-            if line:
-                print(line, file=sys.stderr, flush=True)
+            shared = cuda and min(budget.workers, len(todo)) > len(set(devices or [None]))
+            worker_env = env(shared) if env is not None else None
             got, pool = run_pool(todo, budget, devices, progress, on_result=store_result, guard=locked,
                                  cached=cached_result, watch=watch, env=worker_env, idle=idle)
         results.update(got)

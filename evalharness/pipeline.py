@@ -67,19 +67,9 @@ def evaluate(s: Settings, on_start=None, engine: Engine | None = None, **given) 
         watch = FailFast(p.plan, p.jobs).check
     run = s.execution
     with contextlib.ExitStack() as stack:
-        mps: list = []
+        from .engine.mps import Daemons
 
-        def mps_env():
-            """--mps: the workers' kernels share each GPU through MPS daemons (engine/mps.py), started by run_jobs
-            before the first round that has a job for the pool (none for a run whose jobs are all cached), once, and
-            quit at the end."""
-            if not mps:
-                from .engine.mps import Daemon
-
-                mps.append(stack.enter_context(Daemon(run.devices)).worker_env)
-            return mps[0]
-
-        env = mps_env if run.mps else None
+        env = Daemons(run.mps, run.devices, stack)  # MPS daemons, started by run_jobs where its workers need them
         t_jobs = time.monotonic()
         results = run_jobs(p.jobs, workers=run.jobs, devices=run.devices, progress=run.progress, cuda=p.cuda,
                            report=pool, watch=watch, engine=engine, env=env, idle=import_for_reports)
@@ -90,7 +80,7 @@ def evaluate(s: Settings, on_start=None, engine: Engine | None = None, **given) 
                 p.jobs.extend(jobs)
                 more: dict = {}
                 results.update(run_jobs(jobs, workers=run.jobs, devices=run.devices, progress=run.progress,
-                                        cuda=p.cuda, engine=engine, report=more, env=env, hint=False))
+                                        cuda=p.cuda, engine=engine, report=more, env=env))
                 if more and pool:  # the re-runs' workers and model loads count too
                     pool["processes"] += more["processes"]
                     pool["model_loads"] += more["model_loads"]

@@ -151,7 +151,7 @@ def prepare_jobs(s: Settings, cuda: bool | None = None, model: dict | None = Non
     if "torch-flash" in attns and not caps.cuda:
         raise UsageError("--attn torch-flash needs a CUDA GPU (PyTorch's FlashAttention varlen kernel); use --attn "
                          "sdpa on CPU")
-    if s.execution.mps and not caps.cuda:
+    if s.execution.mps == "on" and not caps.cuda:
         raise UsageError("--mps needs a CUDA GPU (it shares each GPU between the workers' processes)")
     interpreters = interpreters or {name: engine_interpreter(path) for name, path in mx.engines.items()}
     probes = probes or probe_engines(mx.engines, interpreters, models.engine_spec(model))

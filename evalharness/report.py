@@ -157,7 +157,7 @@ def markdown(summary: Summary, max_examples: int = 3) -> str:
         lines += ["", f"Workers: {pool.workers} x {pool.threads_per_worker} CPU thread(s) "
                   f"({md_escape(pool.why)}); {len(pool.processes)} worker process(es), {pool.model_loads} "
                   f"model load(s){f' ({loads})' if loads else ''}"
-                  f"{f'; {mps} through the MPS daemon (--mps)' if mps else ''}. Wall s is the time inside "
+                  f"{f'; {mps} through an MPS daemon' if mps else ''}. Wall s is the time inside "
                   "generate_batch; a run whose worker had the model loaded already paid no load."]
     lines += ["", legend(), ""]
     return "\n".join(lines)

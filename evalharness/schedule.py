@@ -133,16 +133,6 @@ def fixed_budget(workers: int, cores: int, other_workers: int = 0) -> Budget:
     return Budget(workers, threads_for(workers + other_workers, cores), why)
 
 
-def mps_hint(workers: int, gpus: int, cuda: bool, mps: bool) -> str | None:
-    """One line for `--jobs auto`'s report when several workers will time-slice one GPU without --mps: measured on
-    the H200 (reports/h200-speed/contention/), the eager `off` run beside three workers generated 1.46x slower than
-    alone, 1.17x under MPS."""
-    if not cuda or mps or workers <= max(1, gpus):
-        return None
-    return (f"evalharness: {workers} workers share {max(1, gpus)} GPU(s), each GPU time-sliced between them: --mps "
-            "lets their kernels run side by side (faster; see the README's Workers section)")
-
-
 def estimate_left(elapsed_s: float, done: int, total: int) -> float | None:
     """Seconds left at the rate so far (None before the first sample)."""
     if done <= 0 or total <= 0:

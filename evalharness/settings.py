@@ -37,6 +37,15 @@ from .parsers import (absolute_if_local, fraction, number, parse_attns, parse_co
                       parse_jobs, parse_max_bt, parse_modes, parse_switch, path_or_none, positive_int, positive_number,
                       resolved_paths, str_or_none)
 
+MPS_CHOICES = ("auto", "on", "off")
+
+
+def mps_from_json(value):
+    """settings.json's `mps`: auto, on or off. Before MPS was the default it was a bool, --mps given or not: not
+    given reads as the default, as a settings.json from before `mps` existed does."""
+    return ("on" if value else "auto") if isinstance(value, bool) else value
+
+
 # --- the settings ----------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -153,10 +162,14 @@ class ExecutionSettings:
     fail_fast: bool = option("--fail-fast", False, action="store_true", suite=False,
                              help="stop a cell's runs at its first twin mismatch: STALE_GRAPH without a "
                              "confirmation re-run (CI that needs only the verdict)")
-    mps: bool = option("--mps", False, action="store_true", resume=True, suite=False,
-                       help="run the workers through a CUDA MPS daemon of this invocation's own, so that their kernels "
-                       "share the GPU instead of time-slicing it (faster with several workers per GPU; a job that "
-                       "crashes is retried outside MPS, since a GPU fault under MPS reaches every worker)")
+    mps: str = option("--mps", "auto", action="store_const", const="on", choices=MPS_CHOICES, resume=True,
+                      suite=False, load=mps_from_json,
+                      help="run the workers through CUDA MPS daemons of this invocation's own, so that workers sharing "
+                      "a GPU run their kernels side by side instead of time-slicing it; by default (auto) wherever "
+                      "they share one and a daemon starts, otherwise one line says why not; --mps: a daemon that "
+                      "cannot start is an error. A job that crashes or fails with a CUDA error under MPS is retried "
+                      "outside it, since a GPU fault under MPS reaches every worker of that GPU",
+                      also=(("--no-mps", "off", "never MPS: each worker its own CUDA context, the GPU time-sliced"),))
     cache: Path | None = option("--cache", parse=path_or_none, suite=False, load=path_or_none,
                                 save=lambda p: None if p is None else str(Path(p).resolve()),
                                 help="engine-run cache folder (default OUT/runs); runs already there with the same "

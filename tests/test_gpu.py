@@ -209,9 +209,10 @@ def test_reset_race_forced_corrupts_the_first_request_and_the_fix_leaves_the_run
 def test_a_gpu_fault_fails_its_own_cell_only(mps, tiny_llama, gsm8k_test, tmp_path):
     """`--inject varlen=gpu-fault`: the varlen worker's GPU faults (an illegal memory access) after its first request.
     Its cell is FAIL; `off` and the varlen twin, running beside it on the same GPU, finish and are not blamed. Under
-    `--mps` the fault reaches every worker of that GPU: the pool retries each job that crashed or failed with a CUDA
-    error outside MPS, where the fault is again the varlen job's own (the evidence `--mps` waits for before it can be
-    the default; reports/h200-speed/one-gpu/lease-3 showed `off` failing without a crash, not retried then)."""
+    MPS (here `--mps` and `--no-mps`; the default where workers share a GPU) the fault reaches every worker of that
+    GPU: the pool retries each job that crashed or failed with a CUDA error outside MPS, where the fault is again the
+    varlen job's own. Passed both ways on the H200 (reports/h200-speed/one-gpu/lease-4/gpu-tests.log); in lease-3,
+    before that retry, `off` failed without a crash under MPS."""
     import json
     import shutil
 
@@ -222,7 +223,7 @@ def test_a_gpu_fault_fails_its_own_cell_only(mps, tiny_llama, gsm8k_test, tmp_pa
         pytest.skip("no nvidia-cuda-mps-control on this machine")
     s = make(model=str(tiny_llama), data=str(gsm8k_test), limit=6, fewshot=0, max_new_tokens=16, dtype="bf16",
              modes=["off", "varlen"], max_bts=[64], attns=["torch-flash"], inject=["varlen=gpu-fault"],
-             out=tmp_path / "o", progress=False, mps=mps, jobs=3)
+             out=tmp_path / "o", progress=False, mps="on" if mps else "off", jobs=3)
     ev = evaluate(s)
     verdicts = {o.mode: o.verdict.value for o in ev.outcomes}
     assert verdicts["varlen"] == "FAIL" and verdicts["off"] != "FAIL", verdicts

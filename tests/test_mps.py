@@ -1,8 +1,9 @@
-"""--mps (engine/mps.py): one private MPS control daemon per GPU, started with that GPU visible and told to quit at the
-end; workers get its pipe folder and no CUDA_VISIBLE_DEVICES (the setup NVIDIA documents; a client that kept
-CUDA_VISIBLE_DEVICES=1 under a server started on GPU 1 saw no GPU on the H200); bad setups are one usage error; and a
-job that crashes is retried outside MPS. This machine has no NVIDIA driver: a program named like
-nvidia-cuda-mps-control stands in for the daemon, recording how it was started and told to quit."""
+"""MPS (engine/mps.py): one private MPS control daemon per GPU, started with that GPU visible, checked with a client
+and told to quit at the end; workers get its pipe folder and no CUDA_VISIBLE_DEVICES (the setup NVIDIA documents; a
+client that kept CUDA_VISIBLE_DEVICES=1 under a server started on GPU 1 saw no GPU on the H200); the default starts
+daemons only where workers share a GPU and falls back to time-slicing with one line, --mps makes a failure one usage
+error; and a job that crashes is retried outside MPS. This machine has no NVIDIA driver: a program named like
+nvidia-cuda-mps-control stands in for the daemon, and a script for the client check, each recording how it ran."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from evalharness.config import UsageError
-from evalharness.engine.mps import Daemon
+from evalharness.engine import mps
+from evalharness.engine.mps import Daemon, Daemons, Unavailable
 from evalharness.engine.process import worker_env
 
 CONTROL = """#!{python}
@@ -30,15 +32,27 @@ if "-d" in sys.argv and {fail!r}:
     sys.exit(1)
 """
 
+# the client check (mps.CLIENT_CHECK) as a stand-in: it records its environment as a call "client"
+CLIENT = """
+import json, os, sys
+record = {{"argv": "client", **{{k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "CUDA_MPS_PIPE_DIRECTORY")}}}}
+with open({log!r}, "a") as f:
+    f.write(json.dumps(record) + "\\n")
+if {fail!r}:
+    sys.exit("cuInit failed: CUDA_ERROR_MPS_CONNECTION_FAILED")
+"""
 
-def control(tmp_path: Path, monkeypatch, fail: bool = False) -> Path:
-    """An nvidia-cuda-mps-control on PATH that logs each call (JSON lines) to the returned file."""
+
+def control(tmp_path: Path, monkeypatch, fail: bool = False, client_fails: bool = False) -> Path:
+    """An nvidia-cuda-mps-control on PATH and a client check, both logging each call (JSON lines) to the returned
+    file."""
     bin_dir, log = tmp_path / "bin", tmp_path / "calls.jsonl"
-    bin_dir.mkdir()
+    bin_dir.mkdir(parents=True)
     exe = bin_dir / "nvidia-cuda-mps-control"
     exe.write_text(CONTROL.format(python=sys.executable, log=str(log), fail=fail))
     exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(mps, "CLIENT_CHECK", CLIENT.format(log=str(log), fail=client_fails))
     return log
 
 
@@ -51,40 +65,81 @@ def test_one_daemon_per_gpu_visible_to_it_workers_without_cuda_visible_devices(t
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")  # as in a stream pinned to one GPU
     with Daemon(["0", "1", "0"]) as d:
         started = calls(log)
-        assert [c["argv"] for c in started] == [["-d"], ["-d"]]  # one per distinct GPU
-        assert [c["CUDA_VISIBLE_DEVICES"] for c in started] == ["0", "1"]
+        assert [c["argv"] for c in started] == [["-d"], "client", ["-d"], "client"]  # per distinct GPU, checked
+        daemons, clients = started[0::2], started[1::2]
+        assert [c["CUDA_VISIBLE_DEVICES"] for c in daemons] == ["0", "1"]
+        assert [c["CUDA_VISIBLE_DEVICES"] for c in clients] == [None, None]  # the client check runs as a worker
+        assert [c["CUDA_MPS_PIPE_DIRECTORY"] for c in clients] == [c["CUDA_MPS_PIPE_DIRECTORY"] for c in daemons]
         env1 = worker_env(None, "1", 2, d.worker_env("1"))
         assert "CUDA_VISIBLE_DEVICES" not in env1  # the server's GPU is the client's
-        assert env1["CUDA_MPS_PIPE_DIRECTORY"] == started[1]["CUDA_MPS_PIPE_DIRECTORY"]
+        assert env1["CUDA_MPS_PIPE_DIRECTORY"] == daemons[1]["CUDA_MPS_PIPE_DIRECTORY"]
         assert Path(env1["CUDA_MPS_PIPE_DIRECTORY"]).is_dir()
         assert d.worker_env("0")["CUDA_MPS_PIPE_DIRECTORY"] != env1["CUDA_MPS_PIPE_DIRECTORY"]
         folder = Path(env1["CUDA_MPS_PIPE_DIRECTORY"]).parent
-    quits = calls(log)[2:]
+    quits = calls(log)[4:]
     assert [c["stdin"] for c in quits] == ["quit\n", "quit\n"]
-    assert {c["CUDA_MPS_PIPE_DIRECTORY"] for c in quits} == {c["CUDA_MPS_PIPE_DIRECTORY"] for c in started}
+    assert {c["CUDA_MPS_PIPE_DIRECTORY"] for c in quits} == {c["CUDA_MPS_PIPE_DIRECTORY"] for c in daemons}
     assert not folder.exists()
     # without --devices: one daemon on the invocation's own GPUs (inherited), its workers without the variable
     log.unlink()
     with Daemon(None) as d:
-        assert [c["CUDA_VISIBLE_DEVICES"] for c in calls(log)] == ["3"]
+        assert [c["CUDA_VISIBLE_DEVICES"] for c in calls(log)] == ["3", None]
         assert "CUDA_VISIBLE_DEVICES" not in worker_env(None, None, 2, d.worker_env(None))
     assert "CUDA_VISIBLE_DEVICES" in worker_env(None, None, 2, None)  # without --mps nothing changes
 
 
-def test_a_daemon_that_cannot_start_is_one_usage_error_and_leaves_nothing(tmp_path, monkeypatch):
-    log = control(tmp_path, monkeypatch, fail=True)
+def test_a_daemon_that_cannot_start_or_serve_a_client_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", None)
-    with pytest.raises(UsageError, match=r"^--mps: nvidia-cuda-mps-control -d exited 1: An instance of this daemon "
-                                         r"is already running$"):
+    log = control(tmp_path / "refuses", monkeypatch, fail=True)
+    with pytest.raises(Unavailable, match=r"^nvidia-cuda-mps-control -d exited 1: An instance of this daemon is "
+                                          r"already running$"):
         Daemon(["0"]).__enter__()
     assert list((tmp_path / "tmp").iterdir()) == [] and [c["argv"] for c in calls(log)] == [["-d"]]
-    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
-    with pytest.raises(UsageError, match="nvidia-cuda-mps-control is not on PATH"):
+    # -d starts, but its server cannot serve a client (where MPS cannot work, only a client finds out): told to quit
+    log = control(tmp_path / "no-server", monkeypatch, client_fails=True)
+    with pytest.raises(Unavailable, match=r"^a client of nvidia-cuda-mps-control could not use the GPU: cuInit "
+                                          r"failed: CUDA_ERROR_MPS_CONNECTION_FAILED$"):
         Daemon(None).__enter__()
+    assert [c["argv"] or c["stdin"] for c in calls(log)] == [["-d"], "client", "quit\n"]
+    assert list((tmp_path / "tmp").iterdir()) == []
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    with pytest.raises(Unavailable, match="^nvidia-cuda-mps-control is not on PATH"):
+        Daemon(None).__enter__()
+
+
+def test_by_default_daemons_start_where_workers_share_a_gpu_and_one_that_cannot_is_one_line(tmp_path, monkeypatch,
+                                                                                            capsys):
+    """mps.Daemons, what execute.run_jobs asks once it knows whether workers share a GPU: by default (auto) a daemon
+    starts only where they do, once; --mps starts one in any case; --no-mps never. A daemon that cannot start is one
+    line by default (the workers then time-slice the GPU) and a usage error with --mps."""
+    import contextlib
+
+    log = control(tmp_path / "works", monkeypatch)
+    with contextlib.ExitStack() as stack:
+        auto = Daemons("auto", None, stack)
+        assert auto(shared=False) is None and not log.exists()  # a GPU per worker: nothing to share
+        env = auto(shared=True)
+        assert "CUDA_MPS_PIPE_DIRECTORY" in env(None) and auto(shared=True) is env  # started once
+        assert Daemons("off", None, stack)(shared=True) is None
+        assert [c["argv"] for c in calls(log)] == [["-d"], "client"]
+        assert Daemons("on", ["0"], stack)(shared=False) is not None
+        assert [c["argv"] for c in calls(log)][2:] == [["-d"], "client"]
+    assert [c["stdin"] for c in calls(log)[4:]] == ["quit\n", "quit\n"]
+    assert capsys.readouterr().err == ""
+    log = control(tmp_path / "refuses", monkeypatch, fail=True)
+    with contextlib.ExitStack() as stack:
+        auto = Daemons("auto", None, stack)
+        assert auto(shared=True) is None and auto(shared=True) is None
+        assert [c["argv"] for c in calls(log)] == [["-d"]]  # tried once
+        with pytest.raises(UsageError, match=r"^--mps: nvidia-cuda-mps-control -d exited 1: An instance"):
+            Daemons("on", None, stack)(shared=False)
+    assert capsys.readouterr().err.splitlines() == [
+        "evalharness: no MPS (nvidia-cuda-mps-control -d exited 1: An instance of this daemon is already running): the "
+        "workers sharing a GPU time-slice it (--no-mps: do not try)"]
 
 
 def test_mps_needs_a_gpu(tmp_path):
@@ -93,7 +148,7 @@ def test_mps_needs_a_gpu(tmp_path):
 
     model = {"path": "fake-model", "gguf_file": None, "dtype": "bf16", "trust_remote_code": False, "label": "fake"}
     with pytest.raises(UsageError, match="--mps needs a CUDA GPU"):
-        prepare_jobs(make(limit=2, out=tmp_path / "o", mps=True, attns=["sdpa"]), cuda=False, model=model,
+        prepare_jobs(make(limit=2, out=tmp_path / "o", mps="on", attns=["sdpa"]), cuda=False, model=model,
                      probes={"default": {"transformers": "fake", "tuple_graphs": True}},
                      interpreters={"default": ("python", None)})
 
@@ -166,30 +221,24 @@ def test_a_cuda_error_caught_in_the_engine_is_retried_in_a_fresh_worker_like_a_c
     assert [(w["mps"], w["end"], len(w["jobs"])) for w in report.workers] == [(False, "failed_requests", 1)] * 4
 
 
-def test_jobs_auto_points_at_mps_only_where_workers_would_time_slice_a_gpu():
-    from evalharness.schedule import mps_hint
-
-    assert "4 workers share 1 GPU(s)" in mps_hint(4, 1, cuda=True, mps=False) and "--mps" in mps_hint(4, 1, True, False)
-    assert mps_hint(4, 1, cuda=True, mps=True) is None  # already on
-    assert mps_hint(2, 2, cuda=True, mps=False) is None  # one worker per GPU: nothing to share
-    assert mps_hint(4, 1, cuda=False, mps=False) is None  # a CPU run
-
-
 @pytest.mark.slow
-def test_the_daemon_starts_only_for_jobs_to_run_and_quits(tiny_llama, gsm8k_test, tmp_path, monkeypatch):
-    """`gsm8k --mps` through the pipeline: the first invocation has a job to run, so one daemon starts before it and
-    is told to quit after it, and its worker records `mps`; the same invocation again finds every run cached and
-    starts no daemon at all. (The plan is made as for a GPU; the worker runs `off` on this CPU all the same.)"""
+def test_by_default_a_daemon_starts_for_workers_sharing_a_gpu_only_with_jobs_to_run_and_quits(tiny_llama, gsm8k_test,
+                                                                                              tmp_path, monkeypatch):
+    """`gsm8k` through the pipeline, no MPS flag: the first invocation has two jobs for two workers on one GPU, so one
+    daemon starts before them (checked with a client) and is told to quit after them, and both workers record `mps`;
+    the same invocation again finds every run cached and starts no daemon at all. (The plan is made as for a GPU; the
+    workers run `off` on this CPU all the same.)"""
     from evalharness.pipeline import evaluate
     from evalharness.settings import make
 
     log = control(tmp_path, monkeypatch)
     s = make(model=str(tiny_llama), data=str(gsm8k_test), limit=1, fewshot=0, max_new_tokens=2, dtype="fp32",
-             modes=["off"], max_bts=[32], attns=["sdpa"], out=tmp_path / "o", progress=False, mps=True, jobs=1)
+             modes=["off"], max_bts=[32, 64], attns=["sdpa"], out=tmp_path / "o", progress=False, jobs=2)
+    assert s.execution.mps == "auto"
     first = evaluate(s, cuda=True)
-    assert [c["argv"] or c["stdin"].strip() for c in calls(log)] == [["-d"], "quit"]
+    assert [c["argv"] or c["stdin"].strip() for c in calls(log)] == [["-d"], "client", "quit"]
     pool = json.loads((tmp_path / "o" / "summary.json").read_text())["pool"]
-    assert [w["mps"] for w in pool["processes"]] == [True]
+    assert [w["mps"] for w in pool["processes"]] == [True, True]
     log.unlink()
     again = evaluate(s, cuda=True)
     assert not log.exists() and again.results.keys() == first.results.keys()

@@ -121,6 +121,9 @@ def test_committed_nested_settings_resume(path, tmp_path):
     assert all(back[g][k] == defaults[g][k] for g, k in added)
     for g, k in added:
         del back[g][k]
+    if isinstance(mps := doc["settings"]["execution"].get("mps"), bool):  # before MPS was the default: --mps or not
+        assert back["execution"]["mps"] == ("on" if mps else "auto")
+        back["execution"]["mps"] = mps
     assert doc["format"] == 2 and back == doc["settings"]
 
 
@@ -169,3 +172,15 @@ def test_resume_allows_only_options_that_do_not_change_results():
     args = build_parser().parse_args(["gsm8k", "--resume", "d", "--limit", "3", "--audit-all"])
     assert settings.resume_conflicts(args) == ["--audit-all", "--limit"]
     assert set(settings.resume_flags()) == {"--jobs", "--devices", "--mps", "--no-progress", "--history"}
+
+
+def test_mps_is_auto_unless_asked_and_old_settings_read_as_they_were_meant():
+    """--mps insists on MPS, --no-mps turns it off, neither is the default (auto: wherever workers share a GPU); either
+    may accompany --resume. A settings.json from before the default was auto has a bool: --mps given or not."""
+    assert [parse(*flags).execution.mps for flags in ((), ("--mps",), ("--no-mps",))] == ["auto", "on", "off"]
+    args = build_parser().parse_args(["gsm8k", "--resume", "d", "--no-mps"])
+    assert settings.resume_conflicts(args) == []
+    assert settings.resume_overrides(parse("--mps"), args, out="d").execution.mps == "off"
+    for old, now in ((True, "on"), (False, "auto"), ("off", "off")):
+        assert store.settings_from_json({"execution": {"mps": old}}).execution.mps == now
+    assert store.settings_from_flat_json({"mps": True}).execution.mps == "on"
