@@ -538,46 +538,72 @@ def test_the_own_mps_daemon_on_one_gpu_serves_every_worker_and_changes_no_token(
     assert _after_jobs_s(speed) < _after_jobs_s(first) - 2 and _after_jobs_s(plain) < _after_jobs_s(before) - 1
 
 
+def _pairs(root: Path, mps: bool) -> tuple[list[float], list[float]]:
+    """A `gpu_verdict --step pairs --rounds 2` recording, re-derived: each pair's ratio from its verdict and its solo
+    run, the verdicts, the workers (all four through MPS or none), one model load each, the fourth session's tokens,
+    and `off` as the slowest run. Returns the pairs' ratios and `off`'s contention (its generate time beside three
+    workers / alone) per pair."""
+    import statistics
+
+    bench = _bench()
+    base = _tokens(next(CONTENTION.glob("verdict-2*/")))
+    speed = json.loads((root / "verdict-speed.json").read_text())
+    assert "--step pairs --rounds 2" in speed["benchmark"]
+    assert len(speed["pairs"]) == 2 and speed["solo_runs_s"] == [p["solo_s"] for p in speed["pairs"]]
+    contention = []
+    for pair in speed["pairs"]:
+        folder = root / pair["verdict"]
+        summary = json.loads((folder / "summary.json").read_text())
+        assert pair["ratio"] == pair["wall_s"] / pair["solo_s"] and pair["timeouts"] == 0
+        assert pair["verdicts"] == {m: c["verdict"] for m, c in summary["modes"].items()}
+        assert set(pair["verdicts"].values()) == {"PASS", "SKIPPED"}
+        assert [w["mps"] for w in summary["pool"]["processes"]] == [mps] * 4
+        assert summary["pool"]["model_loads"] == 4
+        assert _tokens(folder) == base
+        # the solo run of the pair: the verdict's slowest run (`off`), alone with all 16 cores
+        (meta,) = root.glob(f"solo{pair['verdict'][len('verdict'):]}/runs/*/meta.json")
+        meta = json.loads(meta.read_text())
+        assert meta["worker"]["threads"] == 16 and meta["total_s"] < pair["solo_s"]
+        rows = bench.runs_of(summary)
+        off, slowest = next(r for r in rows if "[off]" in r["run"]), max(rows, key=lambda r: r["wall_s"])
+        assert pair["slowest_key"] == off["key"] == slowest["key"]
+        contention.append(off["generate_s"] / meta["generate_s"])
+    got = [p["ratio"] for p in speed["pairs"]]
+    assert speed["pair_ratios"] == {"median": statistics.median(got), "min": min(got), "max": max(got)}
+    return got, contention
+
+
+def _flags(root: Path) -> set[str]:
+    """The MPS flags of a pairs recording's verdict command."""
+    command = json.loads((root / "verdict-speed.json").read_text())["command"].split()
+    return {f for f in ("--mps", "--no-mps") if f in command}
+
+
 def test_paired_on_one_host_the_mps_verdict_meets_the_target_and_the_plain_one_does_not():
     """reports/h200-speed/one-gpu/lease-3/ (1370593): `gpu_verdict --step pairs --rounds 2`, each verdict timed right
     before its slowest run alone on the same host, so host drift cannot move a ratio. With `--mps` both pairs are
     within 1.3x (1.22, 1.19); plain they are 1.43 and 1.24 (median 1.33). Every run gives the fourth session's tokens.
     The critical path is `off`: beside three workers it generated 1.41x and 1.13x slower than alone plain, 1.07x and
-    1.05x under MPS."""
+    1.05x under MPS. (Plain was then the default: no flag.)"""
     import statistics
 
-    bench = _bench()
-    base = _tokens(next(CONTENTION.glob("verdict-2*/")))
-    ratios, contention = {}, {}  # contention: `off`'s generate time beside three workers / alone, per pair
-    for name, mps in (("gemma3-270m-pairs", False), ("gemma3-270m-pairs-mps", True)):
-        root = ONE_GPU / "lease-3" / name
-        speed = json.loads((root / "verdict-speed.json").read_text())
-        assert ("--mps" in speed["command"].split()) is mps and "--step pairs --rounds 2" in speed["benchmark"]
-        assert len(speed["pairs"]) == 2 and speed["solo_runs_s"] == [p["solo_s"] for p in speed["pairs"]]
-        for pair in speed["pairs"]:
-            folder = root / pair["verdict"]
-            summary = json.loads((folder / "summary.json").read_text())
-            assert pair["ratio"] == pair["wall_s"] / pair["solo_s"] and pair["timeouts"] == 0
-            assert pair["verdicts"] == {m: c["verdict"] for m, c in summary["modes"].items()}
-            assert set(pair["verdicts"].values()) == {"PASS", "SKIPPED"}
-            assert [w["mps"] for w in summary["pool"]["processes"]] == [mps] * 4
-            assert summary["pool"]["model_loads"] == 4
-            assert _tokens(folder) == base
-            # the solo run of the pair: the verdict's slowest run (`off`), alone with all 16 cores
-            (meta,) = root.glob(f"solo{pair['verdict'][len('verdict'):]}/runs/*/meta.json")
-            meta = json.loads(meta.read_text())
-            assert meta["worker"]["threads"] == 16 and meta["total_s"] < pair["solo_s"]
-            rows = bench.runs_of(summary)
-            off, slowest = next(r for r in rows if "[off]" in r["run"]), max(rows, key=lambda r: r["wall_s"])
-            assert pair["slowest_key"] == off["key"] == slowest["key"]
-            contention.setdefault(mps, []).append(off["generate_s"] / meta["generate_s"])
-        got = [p["ratio"] for p in speed["pairs"]]
-        assert speed["pair_ratios"] == {"median": statistics.median(got), "min": min(got), "max": max(got)}
-        ratios[mps] = got
-    assert max(ratios[True]) <= 1.3 < statistics.median(ratios[False]) < max(ratios[False])
-    assert all(m < p for m, p in zip(ratios[True], ratios[False]))
-    assert all(1.0 < c < 1.1 for c in contention[True])
-    assert min(contention[False]) > 1.1 and max(contention[False]) > 1.4
+    plain, mps = ONE_GPU / "lease-3" / "gemma3-270m-pairs", ONE_GPU / "lease-3" / "gemma3-270m-pairs-mps"
+    assert (_flags(plain), _flags(mps)) == (set(), {"--mps"})
+    (plain_ratios, plain_contention), (mps_ratios, mps_contention) = _pairs(plain, False), _pairs(mps, True)
+    assert max(mps_ratios) <= 1.3 < statistics.median(plain_ratios) < max(plain_ratios)
+    assert all(m < p for m, p in zip(mps_ratios, plain_ratios))
+    assert all(1.0 < c < 1.1 for c in mps_contention)
+    assert min(plain_contention) > 1.1 and max(plain_contention) > 1.4
+
+
+def test_by_default_the_workers_share_the_gpu_through_mps_and_each_pair_meets_the_target():
+    """reports/h200-speed/one-gpu/lease-5/gemma3-270m-pairs-default (9cccc01): the pairs again with MPS the default
+    (no flag): every worker of both verdicts ran through the invocation's daemon, and each verdict took at most 1.3x
+    its slowest run alone on the same host (1.16x, 1.28x), with the fourth session's tokens."""
+    root = ONE_GPU / "lease-5" / "gemma3-270m-pairs-default"
+    assert _flags(root) == set() and json.loads((root / "verdict-speed.json").read_text())["mps"] == "auto"
+    ratios, contention = _pairs(root, True)
+    assert max(ratios) <= 1.3 and all(1.0 < c < 1.2 for c in contention)
 
 
 def test_a_gpu_fault_under_mps_failed_its_neighbours_and_only_a_crash_was_retried_outside_it():
@@ -616,6 +642,50 @@ def test_a_gpu_fault_under_mps_failed_its_neighbours_and_only_a_crash_was_retrie
     assert off["error_class"] in CUDA_FAULTS
     assert off["generated_tokens"] < runs["gemma-gpu-fault"]["off"]["generated_tokens"]
     assert "127/128 requests failed" in summaries["gemma-mps-fault"]["modes"]["off"]["reason"]
+
+
+def _fault_run(name: str) -> tuple[dict, dict[str, dict], list[tuple]]:
+    """A one-gpu fault recording LEASE/NAME: its summary, its runs by what they served, its workers (mps, end, jobs)."""
+    summary = json.loads((ONE_GPU / name / "summary.json").read_text())
+    runs = {r["served"][0]: {**r, "key": k} for k, r in summary["runs"].items()}
+    return summary, runs, [(w["mps"], w["end"], w["jobs"]) for w in summary["pool"]["processes"]]
+
+
+def test_with_the_retry_a_gpu_fault_under_mps_is_again_the_faulting_jobs_own():
+    """The lease-3 fault again, after pool.needs_retry (reports/h200-speed/one-gpu/lease-4/gemma-mps-fault, 8ab3f14):
+    under --mps varlen's illegal memory access reached both neighbours again (`off` caught it in the engine, the twin's
+    worker crashed), and each was retried outside MPS and passed: only varlen FAILs. The retried `off` gave the tokens
+    of the plain recording's `off` (lease-3), token for token. And by default (lease-5/gemma-mps-neighbour, 9cccc01, no
+    flag): three workers on one GPU went through MPS, `off` failed there with a neighbour's error (mps-neighbour) and
+    its retry outside MPS passed with the same tokens. tests/test_gpu.py's fault test passed with --mps and --no-mps
+    on both leases' code (gpu-tests.log)."""
+    summary, runs, workers = _fault_run("lease-4/gemma-mps-fault")
+    assert "--mps" in summary["command"].split() and "varlen=gpu-fault" in summary["command"]
+    assert {m: c["verdict"] for m, c in summary["modes"].items()} == {"off": "PASS", "varlen": "FAIL"}
+    varlen, off, twin = runs["varlen"], runs["off"], runs["varlen twin"]
+    assert (varlen["status"], varlen["attempts"], varlen["error_class"]) == ("crash", 2, "cuda_illegal_memory_access")
+    assert [(r["status"], r["attempts"]) for r in (off, twin)] == [("ok", 2), ("ok", 2)]
+    first, retries = workers[:3], workers[3:]
+    assert sorted((m, e) for m, e, _ in first) == [(True, "crash"), (True, "crash"), (True, "error")]
+    assert next(e for _, e, jobs in first if jobs == [off["key"]]) == "error"  # caught in the engine, no crash
+    assert sorted((m, e, tuple(j)) for m, e, j in retries) == sorted(
+        [(False, "idle", (off["key"],)), (False, "idle", (twin["key"],)), (False, "crash", (varlen["key"],))])
+    before = _tokens(ONE_GPU / "lease-3" / "gemma-gpu-fault")
+    assert _tokens(ONE_GPU / "lease-4" / "gemma-mps-fault") == before  # off, twin and the faulting varlen alike
+
+    summary, runs, workers = _fault_run("lease-5/gemma-mps-neighbour")
+    assert not {"--mps", "--no-mps"} & set(summary["command"].split()) and "off=mps-neighbour" in summary["command"]
+    assert {m: c["verdict"] for m, c in summary["modes"].items()} == {"off": "PASS", "varlen": "PASS"}
+    off = runs["off"]
+    assert (off["status"], off["attempts"]) == ("ok", 2)
+    assert [m for m, _, _ in workers[:3]] == [True] * 3 and summary["pool"]["workers"] == 3
+    assert (True, "failed_requests", [off["key"]]) in workers[:3] and workers[3:] == [(False, "idle", [off["key"]])]
+    tokens = _tokens(ONE_GPU / "lease-5" / "gemma-mps-neighbour")
+    assert tokens[("off", False)] == before[("off", False)] and tokens[("varlen", True)] == before[("varlen", True)]
+    for lease in ("lease-4", "lease-5"):
+        log = (ONE_GPU / lease / "gpu-tests.log").read_text()
+        assert "7 passed" in log and all(f"PASSED tests/test_gpu.py::test_a_gpu_fault_fails_its_own_cell_only[{m}]"
+                                         in log for m in ("plain", "mps"))
 
 
 # --- reports/h200-sweep/: the seed's sweep with MAIN and transformers 5.5.4 side by side, and attribution ----------
