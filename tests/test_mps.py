@@ -129,7 +129,8 @@ def test_by_default_daemons_start_where_workers_share_a_gpu_and_one_that_cannot_
         assert Daemons("on", ["0"], stack)(shared=False) is not None
         assert [c["argv"] for c in calls(log)][2:] == [["-d"], "client"]
     assert [c["stdin"] for c in calls(log)[4:]] == ["quit\n", "quit\n"]
-    assert capsys.readouterr().err == ""
+    assert capsys.readouterr().err.splitlines() == ["evalharness: MPS: the workers sharing a GPU run their kernels "
+                                                    "side by side (--no-mps: time-slice it instead)"] * 2
     log = control(tmp_path / "refuses", monkeypatch, fail=True)
     with contextlib.ExitStack() as stack:
         auto = Daemons("auto", None, stack)

@@ -138,7 +138,8 @@ class Daemons:
     has jobs for the pool and knows whether several workers will share a GPU, and gives what adds to each worker's
     environment (Daemon.worker_env) or None. The daemons start on the first call that needs them, once, in `stack`
     (quit when it closes): with `on` always (a daemon that cannot start is a usage error), with `auto` only where
-    workers share a GPU (one that cannot start is one line, and the workers time-slice the GPU), with `off` never."""
+    workers share a GPU (one that cannot start is one line, and the workers time-slice the GPU), with `off` never.
+    Either way one line says what the workers do."""
 
     def __init__(self, mode: str, devices: list[str] | None, stack: contextlib.ExitStack):
         self.mode, self.devices, self.stack = mode, devices, stack
@@ -153,6 +154,8 @@ class Daemons:
         except Unavailable as e:
             if self.mode == "on":
                 raise UsageError(f"--mps: {e}")
-            print(f"evalharness: no MPS ({e}): the workers sharing a GPU time-slice it (--no-mps: do not try)",
-                  file=sys.stderr, flush=True)
+            line = f"no MPS ({e}): the workers sharing a GPU time-slice it (--no-mps: do not try)"
+        else:
+            line = "MPS: the workers sharing a GPU run their kernels side by side (--no-mps: time-slice it instead)"
+        print(f"evalharness: {line}", file=sys.stderr, flush=True)
         return self.env
