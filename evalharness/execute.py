@@ -164,8 +164,8 @@ def run_jobs(jobs: list[Job], workers: int | str | None = 1, devices: list[str] 
     (mps.Daemons) is called once there are jobs for the pool and the worker count is known, `shared` saying whether
     several workers share a GPU, and gives what adds to each worker's environment (`worker_env(device)`) or None (so
     a run whose jobs are all cached starts no MPS daemon); `idle()`: the parent's own work, done once in this thread
-    while the workers run (pool.Pool.idle). Given an `engine`, each job runs through it
-    instead, one at a time in this process (run_one)."""
+    while the workers run (pool.Pool.idle). Given an `engine`, each job runs through it instead, one at a time in this
+    process (run_one)."""
     import sys
 
     from .engine.pool import run_pool

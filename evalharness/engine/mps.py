@@ -1,6 +1,6 @@
 """CUDA MPS control daemons of an invocation's own, so that its workers' kernels share the GPU instead of
-time-slicing it: the default wherever several workers share a GPU and a daemon starts (`--mps` insists, `--no-mps`
-turns it off; pipeline.py decides).
+time-slicing it: the default wherever several workers share a GPU and a daemon starts and serves a client (`--mps`
+insists, `--no-mps` turns it off; `Daemons` decides, once per invocation).
 
 Without MPS, each worker process has its own CUDA context and the GPU switches between contexts: a worker bound by
 host-side launches (the eager `off` reference, the padded-eager twin) waits for the others' time slices. Measured on
@@ -20,8 +20,8 @@ client of that GPU (NVIDIA's MPS documentation, "Error Containment"), so one fau
 it: on the H200 a neighbour's worker crashed, and another caught the illegal memory access inside the engine and lived
 on (reports/h200-speed/one-gpu/lease-3/gemma-mps-fault). The pool retries each job that crashed or failed with a CUDA
 error (pool.needs_retry) in a fresh worker outside MPS: a fault is then attributed to the job that faults on its own,
-as without MPS, at the cost of the re-runs (recorded on the H200: one-gpu/lease-4/gemma-mps-fault). A client that
-cannot reach its server fails the same way and is retried outside MPS too.
+as without MPS, at the cost of the re-runs (recorded on the H200: one-gpu/lease-4/gemma-mps-fault). A daemon whose
+server cannot serve a client is found out before any worker starts (CLIENT_CHECK).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ cuda.cuDevicePrimaryCtxRelease_v2(dev)
 
 
 class Unavailable(RuntimeError):
-    """A daemon could not start (one line: why)."""
+    """A daemon could not start or serve a client (one line: why)."""
 
 
 class Daemon:
