@@ -657,8 +657,8 @@ def test_with_the_retry_a_gpu_fault_under_mps_is_again_the_faulting_jobs_own():
     worker crashed), and each was retried outside MPS and passed: only varlen FAILs. The retried `off` gave the tokens
     of the plain recording's `off` (lease-3), token for token. And by default (lease-5/gemma-mps-neighbour, 9cccc01, no
     flag): three workers on one GPU went through MPS, `off` failed there with a neighbour's error (mps-neighbour) and
-    its retry outside MPS passed with the same tokens. tests/test_gpu.py's fault test passed with --mps and --no-mps
-    on both leases' code (gpu-tests.log)."""
+    its retry outside MPS passed with the same tokens. tests/test_gpu.py's fault test passed plain and under --mps on
+    both leases' code (gpu-tests.log)."""
     summary, runs, workers = _fault_run("lease-4/gemma-mps-fault")
     assert "--mps" in summary["command"].split() and "varlen=gpu-fault" in summary["command"]
     assert {m: c["verdict"] for m, c in summary["modes"].items()} == {"off": "PASS", "varlen": "FAIL"}
