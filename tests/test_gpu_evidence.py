@@ -606,6 +606,13 @@ def test_by_default_the_workers_share_the_gpu_through_mps_and_each_pair_meets_th
     assert max(ratios) <= 1.3 and all(1.0 < c < 1.2 for c in contention)
 
 
+def _fault_run(name: str) -> tuple[dict, dict[str, dict], list[tuple]]:
+    """A one-gpu fault recording LEASE/NAME: its summary, its runs by what they served, its workers (mps, end, jobs)."""
+    summary = json.loads((ONE_GPU / name / "summary.json").read_text())
+    runs = {r["served"][0]: {**r, "key": k} for k, r in summary["runs"].items()}
+    return summary, runs, [(w["mps"], w["end"], w["jobs"]) for w in summary["pool"]["processes"]]
+
+
 def test_a_gpu_fault_under_mps_failed_its_neighbours_and_only_a_crash_was_retried_outside_it():
     """reports/h200-speed/one-gpu/lease-3/gemma-{gpu,mps}-fault (1370593): varlen's worker makes an illegal memory
     access (--inject varlen=gpu-fault) beside `off` and the padded-eager twin on one H200. Plain, the fault is varlen's
@@ -614,41 +621,32 @@ def test_a_gpu_fault_under_mps_failed_its_neighbours_and_only_a_crash_was_retrie
     class is one the pool now retries like a crash, outside MPS (CUDA_FAULTS, tests/test_mps.py)."""
     from evalharness.engine import CUDA_FAULTS
 
-    root = ONE_GPU / "lease-3"
-    runs, summaries = {}, {}
+    runs, summaries, ends = {}, {}, {}
     for name in ("gemma-gpu-fault", "gemma-mps-fault"):
-        summary = summaries[name] = json.loads((root / name / "summary.json").read_text())
+        summary, runs[name], workers = _fault_run(f"lease-3/{name}")
+        summaries[name], ends[name] = summary, workers
         assert ("--mps" in summary["command"]) is (name == "gemma-mps-fault")
         assert "varlen=gpu-fault" in summary["command"]
-        runs[name] = {r["served"][0]: r for r in summary["runs"].values()}
         varlen = runs[name]["varlen"]
         assert (varlen["status"], varlen["attempts"]) == ("crash", 2)
         assert varlen["error_class"] == "cuda_illegal_memory_access"
         assert summary["modes"]["varlen"]["verdict"] == "FAIL"
         assert summary["modes"]["off"]["verdict"] == ("PASS" if name == "gemma-gpu-fault" else "FAIL")
-        workers = [(w["mps"], w["end"]) for w in summary["pool"]["processes"]]
+        mps_end = [(m, e) for m, e, _ in workers]
         if name == "gemma-gpu-fault":  # the twin came from the cache (the MPS run's retry)
-            assert sorted(workers) == [(False, "crash"), (False, "crash"), (False, "idle")]
+            assert sorted(mps_end) == [(False, "crash"), (False, "crash"), (False, "idle")]
         else:  # three workers through MPS, then the two crashed jobs' retries outside it
-            assert workers == [(True, "error"), (True, "crash"), (True, "crash"), (False, "idle"), (False, "crash")]
+            assert mps_end == [(True, "error"), (True, "crash"), (True, "crash"), (False, "idle"), (False, "crash")]
     mps = runs["gemma-mps-fault"]
     twin = mps["varlen twin"]
     assert (twin["status"], twin["attempts"]) == ("ok", 2)
-    twin_key = next(k for k, r in summaries["gemma-mps-fault"]["runs"].items() if r["served"] == ["varlen twin"])
-    retry = summaries["gemma-mps-fault"]["pool"]["processes"][3]  # the twin's retry, outside MPS
-    assert (retry["jobs"], retry["mps"]) == ([twin_key], False)
+    mps_retry, _, retry_jobs = ends["gemma-mps-fault"][3]  # the twin's retry, outside MPS
+    assert (retry_jobs, mps_retry) == ([twin["key"]], False)
     off = mps["off"]
     assert (off["status"], off["attempts"], off["error_class"]) == ("error", 1, "cuda_illegal_memory_access")
     assert off["error_class"] in CUDA_FAULTS
     assert off["generated_tokens"] < runs["gemma-gpu-fault"]["off"]["generated_tokens"]
     assert "127/128 requests failed" in summaries["gemma-mps-fault"]["modes"]["off"]["reason"]
-
-
-def _fault_run(name: str) -> tuple[dict, dict[str, dict], list[tuple]]:
-    """A one-gpu fault recording LEASE/NAME: its summary, its runs by what they served, its workers (mps, end, jobs)."""
-    summary = json.loads((ONE_GPU / name / "summary.json").read_text())
-    runs = {r["served"][0]: {**r, "key": k} for k, r in summary["runs"].items()}
-    return summary, runs, [(w["mps"], w["end"], w["jobs"]) for w in summary["pool"]["processes"]]
 
 
 def test_with_the_retry_a_gpu_fault_under_mps_is_again_the_faulting_jobs_own():
