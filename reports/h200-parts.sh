@@ -3,7 +3,8 @@
 #   .gpu/s1-NN/s1.part.NN  wheels the H200 image lacks (whl/), transformers 5.5.4 (tf554/), GSM8K test/train and
 #                          GSM8K-Platinum JSONL (data/), SmolLM2-135M (models/)
 #   .gpu/g-NN/g.part.NN    Gemma 3 270M (models/)
-# 45 MB each (a call carries 64 MiB with the ~12 MB checkout), one folder per device call (`carry` it, then `mkdir -p /tmp/parts && cp .gpu/X/* /tmp/parts/`).
+# 45 MB each (a call carries 64 MiB with the ~12 MB checkout), one folder per device call (`carry` it, then
+# `mkdir -p /tmp/parts && cp .gpu/X/* /tmp/parts/`).
 # Add `.gpu/` to .git/info/exclude first: nothing here is committed. Needs ../shared (gpu-bundle, models, data).
 set -euo pipefail
 shared=${SHARED:-../shared}
